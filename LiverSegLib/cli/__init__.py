@@ -1,0 +1,1 @@
+"""The ``liverseg`` command line (``python -m LiverSegLib``)."""

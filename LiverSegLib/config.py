@@ -1,0 +1,182 @@
+"""Frozen configuration of a model: its stages, preprocessing and cascade.
+
+A :class:`ModelConfig` is built from one entry of ``Resources/models.json`` (or from a self-describing
+checkpoint) and is the *only* source of behaviour differences between models: nothing is ever inferred from
+a file name. Importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from LiverSegLib.errors import ModelError
+from LiverSegLib.types import LabelInfo
+
+__all__ = ["NetworkSpec", "StageConfig", "CascadeConfig", "ModelConfig", "TERMINOLOGY", "default_labels"]
+
+# SNOMED CT codes as used by Slicer's terminology and Slicer-Liver (shared/DESIGN.md).
+TERMINOLOGY: dict[str, dict[str, Any]] = {
+    "Liver": {
+        "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
+        "type": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
+    },
+    "Liver lesion": {
+        "category": {"scheme": "SCT", "code": "49755003", "meaning": "Morphologically Altered Structure"},
+        "type": {"scheme": "SCT", "code": "108369006", "meaning": "Neoplasm"},
+        "region": {"scheme": "SCT", "code": "10200004", "meaning": "Liver"},
+    },
+}
+
+
+def default_labels() -> list[LabelInfo]:
+    """The label table of a liver + lesion model (values 1 and 2) with colours from Slicer's terminology."""
+    return [
+        LabelInfo(1, "Liver", (0.867, 0.510, 0.396), TERMINOLOGY["Liver"]),
+        LabelInfo(2, "Liver lesion", (0.886, 0.329, 0.208), TERMINOLOGY["Liver lesion"]),
+    ]
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Which network class to build and with which keyword arguments."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs)}
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """One network of the cascade and how its input is prepared.
+
+    Args:
+        network: the network class and its arguments.
+        weights: weight file name (relative to ``Resources/weights``) or an absolute path.
+        sha256: expected checksum of the weight file; the file is refused when it differs.
+        classes: label value predicted by each output channel, e.g. ``[0, 1]`` (liver, lesion merged)
+            or ``[0, 1, 2]``.
+        hu_window: intensities are clipped to this HU range and scaled to [-1, 1].
+        spacing_xyz: grid the stage runs on in mm; ``None`` for an axis keeps the native spacing.
+        context_slices: number of adjacent axial slices given as channels (Han: 5).
+        batch_cpu / batch_cuda: slices per forward pass on each kind of device.
+    """
+
+    network: NetworkSpec
+    weights: str
+    sha256: str
+    classes: tuple[int, ...]
+    hu_window: tuple[float, float]
+    spacing_xyz: tuple[float | None, float | None, float | None] = (None, None, None)
+    context_slices: int = 5
+    batch_cpu: int = 8
+    batch_cuda: int = 64
+
+    def __post_init__(self) -> None:
+        if self.hu_window[0] >= self.hu_window[1]:
+            raise ModelError(f"hu_window must be increasing, got {list(self.hu_window)}")
+        if self.context_slices < 1 or self.context_slices % 2 == 0:
+            raise ModelError(f"context_slices must be odd and positive, got {self.context_slices}")
+        if 0 not in self.classes or len(set(self.classes)) != len(self.classes):
+            raise ModelError(f"classes must list distinct label values including 0, got {list(self.classes)}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StageConfig:
+        pre = d.get("preprocessing", {})
+        return cls(
+            network=NetworkSpec(d["network"]["name"], dict(d["network"].get("kwargs", {}))),
+            weights=d["weights"],
+            sha256=d["sha256"],
+            classes=tuple(int(c) for c in d["classes"]),
+            hu_window=(float(pre["hu_window"][0]), float(pre["hu_window"][1])),
+            spacing_xyz=tuple(None if s is None else float(s) for s in pre.get("spacing_xyz", (None, None, None))),
+            context_slices=int(pre.get("context_slices", 5)),
+            batch_cpu=int(d.get("batch_cpu", 8)),
+            batch_cuda=int(d.get("batch_cuda", 64)),
+        )
+
+    def preprocessing_dict(self) -> dict[str, Any]:
+        return {"hu_window": list(self.hu_window), "spacing_xyz": list(self.spacing_xyz),
+                "context_slices": self.context_slices}
+
+    @property
+    def has_lesion(self) -> bool:
+        return 2 in self.classes
+
+
+@dataclass(frozen=True)
+class CascadeConfig:
+    """How the coarse liver defines the box the fine stage works in, and the post-processing.
+
+    Args:
+        margin_mm: margin added around the coarse liver's bounding box, per axis ``(x, y, z)`` in mm.
+        min_liver_ml: a coarse liver smaller than this is not trusted: the fine stage runs on the whole volume.
+        fallback_on_inplane_edge: a coarse liver touching the in-plane field-of-view edge is not trusted
+            (body cut by the FOV, or the coarse model bleeding into the body wall): whole volume. A liver cut by
+            the first/last slice is normal (a scan range that stops at the dome) and only clips the box.
+        coarse_threshold: probability above which a coarse voxel is liver.
+        lesion_threshold: a lesion component whose maximum lesion probability is below this is removed
+            (Han 2017, section 4: 0.80).
+    """
+
+    margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
+    min_liver_ml: float = 30.0
+    fallback_on_inplane_edge: bool = True
+    coarse_threshold: float = 0.5
+    lesion_threshold: float = 0.8
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CascadeConfig:
+        return cls(
+            margin_mm=tuple(float(m) for m in d.get("margin_mm", (10.0, 10.0, 10.0))),
+            min_liver_ml=float(d.get("min_liver_ml", 30.0)),
+            fallback_on_inplane_edge=bool(d.get("fallback_on_inplane_edge", True)),
+            coarse_threshold=float(d.get("coarse_threshold", 0.5)),
+            lesion_threshold=float(d.get("lesion_threshold", 0.8)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A complete model: identity, labels, the coarse stage, the optional fine stage and the cascade."""
+
+    id: str
+    version: str
+    title: str
+    coarse: StageConfig
+    fine: StageConfig | None
+    cascade: CascadeConfig = field(default_factory=CascadeConfig)
+    labels: tuple[LabelInfo, ...] = field(default_factory=lambda: tuple(default_labels()))
+    description: str = ""
+    licence: str = ""
+    training_data: str = ""
+    accuracy: dict[str, Any] = field(default_factory=dict)
+    weights_dir: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], weights_dir: str | None = None) -> ModelConfig:
+        labels = tuple(
+            LabelInfo(int(lb["value"]), lb["name"], tuple(float(c) for c in lb["color_rgb"]), dict(lb["terminology"]))
+            for lb in d.get("labels", [])
+        ) or tuple(default_labels())
+        stages = d["stages"]
+        return cls(
+            id=d["id"],
+            version=d["version"],
+            title=d.get("title", d["id"]),
+            coarse=StageConfig.from_dict(stages["coarse"]),
+            fine=StageConfig.from_dict(stages["fine"]) if stages.get("fine") else None,
+            cascade=CascadeConfig.from_dict(d.get("cascade", {})),
+            labels=labels,
+            description=d.get("description", ""),
+            licence=d.get("licence", ""),
+            training_data=d.get("training_data", ""),
+            accuracy=dict(d.get("accuracy", {})),
+            weights_dir=weights_dir,
+        )
+
+    def label_values(self) -> set[int]:
+        classes = set(self.coarse.classes) | (set(self.fine.classes) if self.fine else set())
+        return classes - {0}

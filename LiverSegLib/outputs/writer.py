@@ -1,0 +1,177 @@
+"""Write one case's results (labelmap, lesion table, summary, overview, surfaces) into a folder, atomically.
+
+Everything is written into a hidden temporary folder beside the output folder (same file system) and then
+renamed into place, so an interrupted or failed run leaves either the previous results or the complete new ones,
+never a mixture.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from LiverSegLib.errors import InputError, OutputExistsError
+from LiverSegLib.io.image_io import output_extension_for, write_volume
+from LiverSegLib.outputs.overview import render_overview
+from LiverSegLib.outputs.surfaces import SURFACE_FORMATS, export_surfaces
+from LiverSegLib.types import LesionRecord, SegmentationResult, Volume
+
+__all__ = ["check_output_dir", "write_case_outputs"]
+
+# The CSV header comes from LesionRecord.as_row itself so that the columns can never drift from the rows; a
+# placeholder record gives the keys when a case has no lesion.
+_LESION_COLUMNS = list(LesionRecord(0, 0, 0.0, 0.0, (0.0, 0.0, 0.0), 0.0, 0.0).as_row())
+
+
+def check_output_dir(outdir: str | os.PathLike, overwrite: bool) -> None:
+    """Fail early, before any computation, when results cannot be written to ``outdir``.
+
+    Args:
+        outdir: the case's output folder.
+        overwrite: whether existing results may be replaced.
+
+    Raises:
+        InputError: ``outdir`` exists and is a file.
+        OutputExistsError: ``outdir`` holds files and ``overwrite`` is False.
+    """
+    out = Path(outdir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output path {out} is a file, not a folder (choose a folder path for -o)")
+    if not overwrite and out.is_dir() and any(p.is_file() for p in out.rglob("*")):
+        held = "summary.json ..." if (out / "summary.json").exists() else "other files"
+        raise OutputExistsError(f"output folder {out} already holds LiverSeg results ({held}); pass --overwrite "
+                                "to replace them or choose another folder")
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the numpy scalars/arrays and paths that ``details`` may carry."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _write_lesions_csv(result: SegmentationResult, path: Path) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=_LESION_COLUMNS)
+        writer.writeheader()
+        for lesion in result.lesions:
+            writer.writerow(lesion.as_row())
+
+
+def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str | None,
+               extra_summary: dict | None) -> dict[str, Any]:
+    """Write every output into ``tmp``; returns the file names relative to the folder by key."""
+    names: dict[str, Any] = {}
+    labelmap = result.labelmap
+    seg = Volume(np.asarray(labelmap.array_zyx, dtype=np.uint8), labelmap.spacing_xyz, labelmap.origin_xyz,
+                 labelmap.direction)
+    names["segmentation"] = f"segmentation{output_extension_for(ct)}"
+    write_volume(seg, tmp / names["segmentation"])
+    names["lesions"] = "lesions.csv"
+    _write_lesions_csv(result, tmp / names["lesions"])
+    names["overview"] = "overview.png"
+    render_overview(ct, seg, tmp / names["overview"], title=Path(str(ct.metadata.get("path", ""))).name,
+                    liver_volume_ml=result.liver_volume_ml, lesion_count=len(result.lesions))
+    summary = {**result.summary(), **(extra_summary or {})}
+    if surfaces is not None:
+        files = export_surfaces(seg, tmp / "surfaces", result.labels, surfaces)
+        names["surfaces"] = [f"surfaces/{p.name}" for p in files]
+        summary["surfaces"] = {"coordinate_system": "LPS", "units": "mm", "files": names["surfaces"]}
+    names["summary"] = "summary.json"
+    summary["outputs"] = sorted([v for k, v in names.items() if k != "surfaces"] + names.get("surfaces", []))
+    with open(tmp / names["summary"], "w", encoding="utf-8") as fh:
+        json.dump(summary, fh, indent=2, default=_json_default)
+        fh.write("\n")
+    return names
+
+
+def _unique_dir(parent: Path, prefix: str, create: bool = True) -> Path:
+    """A new hidden folder (or just a free name) in ``parent``.
+
+    ``os.mkdir`` honours the umask, unlike ``tempfile.mkdtemp`` (0700), so the results folder that this temporary
+    folder becomes has the permissions the user expects.
+    """
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        if not create and not path.exists():
+            return path
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename ``tmp`` to ``out``; an existing ``out`` is first renamed to a backup and removed only afterwards."""
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder (e.g. made by the caller) is simply replaced
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    backup = _unique_dir(out.parent, ".liverseg-old-", create=False)
+    os.rename(out, backup)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(backup, out)  # put the old results back
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.PathLike, *,
+                       surfaces: str | None = None, overwrite: bool = False,
+                       extra_summary: dict | None = None) -> dict[str, Path | list[Path]]:
+    """Write a case's results into ``outdir`` atomically.
+
+    Writes ``segmentation<ext>`` (uint8 labelmap on the CT grid, format family of the input: see
+    :func:`~LiverSegLib.io.output_extension_for`), ``lesions.csv`` (header even with no lesions),
+    ``summary.json`` (``result.summary()`` + ``extra_summary`` + surfaces + the list of outputs),
+    ``overview.png``, and ``surfaces/*_LPS.stl|obj`` when ``surfaces`` is "stl" or "obj".
+
+    Args:
+        result: the segmentation result; its labelmap must lie on ``ct``'s grid.
+        ct: the input CT (geometry, format family, overview background).
+        outdir: the case's output folder; its parent is created if needed.
+        surfaces: None, "stl" or "obj".
+        overwrite: replace existing results in ``outdir``.
+        extra_summary: extra keys for summary.json (e.g. input path, CLI options).
+
+    Returns:
+        Final paths by key: "segmentation", "lesions", "summary", "overview" and, with surfaces, "surfaces" (list).
+
+    Raises:
+        OutputExistsError: ``outdir`` holds files and ``overwrite`` is False (nothing is written).
+        InputError: ``outdir`` is a file, or an unsupported surface format.
+        ValueError: the labelmap is not on the CT's grid.
+    """
+    out = Path(outdir).absolute()
+    check_output_dir(out, overwrite)
+    if surfaces is not None and surfaces.lower() not in SURFACE_FORMATS:
+        raise InputError(f"unsupported surface format: {surfaces!r} (use one of {', '.join(SURFACE_FORMATS)})")
+    if not result.labelmap.same_grid(ct):
+        raise ValueError("the labelmap does not lie on the CT's grid (shape, spacing, origin or direction differ)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _unique_dir(out.parent, ".liverseg-tmp-")
+    try:
+        names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary)
+        _move_into_place(tmp, out)
+    except BaseException:  # also on KeyboardInterrupt: never leave a half-written temp folder behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    paths: dict[str, Path | list[Path]] = {k: out / v for k, v in names.items() if k != "surfaces"}
+    if "surfaces" in names:
+        paths["surfaces"] = [out / v for v in names["surfaces"]]
+    return paths

@@ -1,0 +1,257 @@
+"""Han's coarse-to-fine cascade as a reusable predictor (Han 2017, sections 3.1 and 4).
+
+coarse model on every axial slice at the coarse spacing -> largest 3D component -> liver box + margin (whole
+volume when untrusted) -> fine model at native resolution on the box's slices -> merge liver and lesion, largest
+component = liver -> lesion voxels inside it -> 3D lesion components, drop those whose maximum lesion probability
+is below the threshold -> uint8 labelmap on the input grid and a per-lesion table.
+
+Probabilities only ever exist on the coarse grid or inside the box, as float16.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from LiverSegLib.config import ModelConfig, StageConfig
+from LiverSegLib.errors import InputError
+from LiverSegLib.pipeline.box import Box, liver_box
+from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
+from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
+from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+from LiverSegLib.pipeline.sampling import sample_to_native
+from LiverSegLib.pipeline.stage import StageModel, normalize_hu
+from LiverSegLib.postprocess import largest_component, lesion_table, prune_lesions
+from LiverSegLib.registry import Registry, load_registry
+from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, SegmentationResult, Volume
+
+__all__ = ["Predictor", "resolve_device", "ProgressCallback"]
+
+ProgressCallback = Callable[[str, float], None]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cuda`` without CUDA is an :class:`InputError`."""
+    if isinstance(device, torch.device):
+        return device
+    name = str(device).lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("--device cuda was requested but no CUDA GPU is available here; use --device cpu or auto")
+        return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {device!r}; use auto, cpu or cuda")
+
+
+class Predictor:
+    """Loads a model once and segments any number of volumes with it.
+
+    Args:
+        model: a model id from the catalogue, a :class:`ModelConfig`, or ``None`` for the default model.
+        device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
+        registry: catalogue to resolve ids in (the shipped one plus the user's by default).
+        verify: check each weight file's sha256 against the config before loading it.
+
+    Example::
+
+        predictor = Predictor()                 # default model, GPU when present
+        result = predictor.predict(volume)      # SegmentationResult, labelmap on volume's grid
+    """
+
+    def __init__(self, model: str | ModelConfig | None = None, device: str | torch.device = "auto",
+                 registry: Registry | None = None, verify: bool = True) -> None:
+        self.device = resolve_device(device)
+        if isinstance(model, ModelConfig):
+            self.model = model
+        else:
+            registry = registry or load_registry()
+            self.model = registry.get(model)
+        self.coarse = StageModel(self.model.coarse, self._weights(self.model.coarse), self.device, verify)
+        self.fine = (StageModel(self.model.fine, self._weights(self.model.fine), self.device, verify)
+                     if self.model.fine is not None else None)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+        """A single-network model from a self-describing checkpoint (e.g. one written by training).
+
+        A liver-only checkpoint gives a liver-only result; a 3-class one is used as both the coarse and the fine
+        stage (at its own preprocessing).
+        """
+        from LiverSegLib.pipeline.checkpoint_model import model_from_checkpoint
+
+        return cls(model_from_checkpoint(path), device=device, verify=True)
+
+    def _weights(self, stage: StageConfig) -> Path:
+        p = Path(stage.weights)
+        if p.is_absolute():
+            return p
+        return Path(self.model.weights_dir or Path(__file__).resolve().parents[2] / "Resources" / "weights") / p
+
+    # ------------------------------------------------------------------ public API
+    def predict(self, volume: Volume, progress: ProgressCallback | None = None,
+                lesion_threshold: float | None = None) -> SegmentationResult:
+        """Segment the liver and liver lesions of a CT volume.
+
+        Args:
+            volume: the CT (HU) on any grid and stored orientation.
+            progress: called as ``progress(stage, fraction)``; raising :class:`CancelledError` from it cancels.
+            lesion_threshold: overrides the model's pruning threshold (Han: 0.80).
+
+        Returns:
+            A :class:`SegmentationResult` whose labelmap lies exactly on ``volume``'s grid.
+        """
+        threshold = self.model.cascade.lesion_threshold if lesion_threshold is None else float(lesion_threshold)
+        if not 0.0 <= threshold <= 1.0:
+            raise InputError(f"lesion threshold must be between 0 and 1, got {threshold}")
+        report = _Reporter(progress)
+        timings: dict[str, float] = {}
+        warnings: list[str] = []
+        t0 = time.perf_counter()
+        check_segmentable(volume)
+        warning = ct_intensity_warning(volume.array_zyx)
+        if warning:
+            warnings.append(warning)
+        obliquity = obliquity_deg(volume.direction)
+        if obliquity > 20.0:
+            warnings.append(f"the image axes are {obliquity:.0f} degrees oblique to the patient axes; slices are "
+                            "processed as if axial")
+        canonical, orientation = to_canonical(volume)
+        timings["prepare"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        coarse_fg, coarse_shape = self._run_coarse(canonical, report)
+        coarse_liver = largest_component(coarse_fg >= self.model.cascade.coarse_threshold)
+        timings["coarse"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        native_shape = canonical.array_zyx.shape
+        coarse_spacing = np.asarray(canonical.spacing_xyz) * np.asarray(native_shape[::-1]) / np.asarray(
+            coarse_shape[::-1])
+        box = liver_box(coarse_liver, native_shape, canonical.spacing_xyz, float(np.prod(coarse_spacing)) / 1000.0,
+                        self.model.cascade)
+        if box.fallback:
+            warnings.append(f"fine stage ran on the whole volume: {box.fallback}")
+        timings["box"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        if self.fine is not None:
+            fg, lesion = self._run_fine(canonical, box, report)
+        else:
+            fg = sample_to_native(coarse_fg, (0, 0, 0), np.asarray(native_shape) / np.asarray(coarse_shape), box)
+            lesion = None
+        timings["fine"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        report("post", 0.0)
+        labels_box, lesions, pruning = self._postprocess(canonical, box, fg, lesion, threshold)
+        full = np.zeros(native_shape, np.uint8)
+        full[box.slices] = labels_box
+        labelmap = volume.with_array(np.ascontiguousarray(orientation.invert(full)))
+        liver_voxels = int(np.count_nonzero(labels_box))
+        lesion_voxels = int(np.count_nonzero(labels_box == LESION_LABEL))
+        timings["post"] = time.perf_counter() - t0
+        report("post", 1.0)
+
+        present = {LIVER_LABEL} | ({LESION_LABEL} if self.fine is not None and self.fine.stage.has_lesion else set())
+        return SegmentationResult(
+            labelmap=labelmap,
+            labels=[lb for lb in self.model.labels if lb.value in present],
+            lesions=lesions,
+            liver_volume_ml=liver_voxels * volume.voxel_volume_ml,
+            lesion_volume_ml=lesion_voxels * volume.voxel_volume_ml,
+            model_id=self.model.id,
+            model_version=self.model.version,
+            timings_s=timings,
+            warnings=warnings,
+            details={
+                "device": str(self.device),
+                "lesion_threshold": threshold,
+                "lesions_removed_by_threshold": pruning[0],
+                "lesion_voxels_removed_by_threshold": pruning[1],
+                "coarse_liver_ml": round(float(coarse_liver.sum()) * float(np.prod(coarse_spacing)) / 1000.0, 2),
+                "box_fallback": box.fallback,
+                "box_canonical_zyx": {"start": list(box.start), "stop": list(box.stop)},
+                "orientation": {"axes": list(orientation.axes), "flips": list(orientation.flips)},
+                "lesion_model": self.fine is not None and self.fine.stage.has_lesion,
+            },
+        )
+
+    # ------------------------------------------------------------------ stages
+    def _run_coarse(self, canonical: Volume, report: _Reporter) -> tuple[np.ndarray, tuple[int, int, int]]:
+        stage = self.coarse.stage
+        shape = stage_shape(canonical.array_zyx.shape, canonical.spacing_xyz, stage.spacing_xyz)
+        report("coarse", 0.0)
+        grid = resample_to_shape(canonical.array_zyx, shape, hu_window=stage.hu_window)
+        normalize_hu(grid, stage.hu_window)
+        out = self.coarse.predict(grid, np.arange(shape[0]), lambda f: report("coarse", f))
+        return out.foreground, shape
+
+    def _run_fine(self, canonical: Volume, box: Box, report: _Reporter) -> tuple[np.ndarray, np.ndarray | None]:
+        assert self.fine is not None
+        stage = self.fine.stage
+        half = stage.context_slices // 2
+        nz = canonical.array_zyx.shape[0]
+        z0, z1 = max(0, box.start[0] - half), min(nz, box.stop[0] + half)  # neighbours for the 2.5D stacks
+        (_, ys, xs) = box.slices
+        crop = canonical.array_zyx[z0:z1, ys, xs]
+        report("fine", 0.0)
+        native = all(s is None for s in stage.spacing_xyz)
+        if native:
+            grid = np.asarray(crop, dtype=np.float32).copy() if crop.dtype == np.float32 else crop.astype(np.float32)
+            np.nan_to_num(grid, copy=False, nan=stage.hu_window[0])
+            centres = np.arange(box.start[0] - z0, box.stop[0] - z0)
+        else:
+            target = stage_shape(crop.shape, canonical.spacing_xyz, stage.spacing_xyz)
+            grid = resample_to_shape(crop, target, hu_window=stage.hu_window)
+            centres = np.arange(target[0])
+        normalize_hu(grid, stage.hu_window)
+        out = self.fine.predict(grid, centres, lambda f: report("fine", f))
+        if native:
+            return out.foreground, out.lesion
+        scale = np.asarray(crop.shape, float) / np.asarray(grid.shape, float)
+        origin = (z0, box.start[1], box.start[2])
+        fg = sample_to_native(out.foreground, origin, scale, box)
+        lesion = sample_to_native(out.lesion, origin, scale, box) if out.lesion is not None else None
+        return fg, lesion
+
+    def _postprocess(self, canonical: Volume, box: Box, fg: np.ndarray, lesion: np.ndarray | None,
+                     threshold: float):
+        """Han section 3.1 (largest component of liver+lesion) and section 4 (lesion pruning)."""
+        if lesion is None:
+            liver = largest_component(fg >= 0.5)
+            return liver.astype(np.uint8), [], (0, 0)
+        # argmax over (background, liver, lesion) = (1 - fg, fg - lesion, lesion)
+        fg32 = fg.astype(np.float32)
+        les32 = lesion.astype(np.float32)
+        p_liver = fg32 - les32
+        is_fg = fg32 > 1.0 - fg32
+        is_lesion = is_fg & (les32 > p_liver)
+        del fg32, p_liver
+        liver = largest_component(is_fg)
+        pruning = prune_lesions(is_lesion & liver, lesion, threshold)
+        labels = liver.astype(np.uint8)
+        labels[pruning.components > 0] = LESION_LABEL
+        m = canonical.index_to_physical_matrix()
+        shift = np.eye(4)
+        shift[:3, 3] = box.start[::-1]  # box index (i, j, k) -> canonical index
+        records = lesion_table(pruning.components, pruning.max_probability, canonical.array_zyx[box.slices],
+                               m @ shift, canonical.voxel_volume_ml, tuple(canonical.spacing_xyz[::-1]))
+        return labels, records, (pruning.removed, pruning.removed_voxels)
+
+
+class _Reporter:
+    """Forwards progress; a callback that raises (e.g. :class:`CancelledError`) stops the run there."""
+
+    def __init__(self, callback: ProgressCallback | None) -> None:
+        self.callback = callback
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        if self.callback is not None:
+            self.callback(stage, float(fraction))
