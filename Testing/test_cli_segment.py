@@ -263,7 +263,7 @@ def test_nrrd_input_gives_nrrd_on_an_oblique_grid(tmp_path, ckpt, env):
     path = write_volume(ct, tmp_path / "ct.nrrd")
     proc = _cli(path, "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu", env=env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stderr.strip() == "", proc.stderr  # no bar drawn into a pipe
+    assert "\r" not in proc.stderr and "%|" not in proc.stderr, proc.stderr  # no bar drawn into a pipe
     assert "results in" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "lesions.csv", "overview.png", "segmentation.nrrd", "summary.json"]
@@ -417,8 +417,12 @@ def test_bad_option_is_refused_in_one_line_and_nothing_is_written(tmp_path, ckpt
     options, words = BAD_OPTIONS[case]
     options = [o.format(ckpt=ckpt, tmp=tmp_path) for o in options]
     before = _tree(tmp_path)
-    proc = _cli(nifti_ct[0], "-o", tmp_path / "out", *options, env=env)
-    _assert_one_line_error(proc, *(words or _catalogue_words()))
+    proc = _cli(nifti_ct[0], "-o", tmp_path / "out", *options, "--progress", "json", env=env)
+    message = _assert_one_line_error(proc, *(words or _catalogue_words()))
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert events[-1] == {"event": "error", "message": message.removeprefix("liverseg: error: "), "exit_code": 2}
+    if case != "cuda without CUDA":  # options are checked before the input is read (it may be a large series)
+        assert not any(e["event"] == "progress" for e in events), events
     assert not (tmp_path / "out").exists()
     assert _tree(tmp_path) == before
 

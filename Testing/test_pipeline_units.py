@@ -194,7 +194,11 @@ def test_check_segmentable_refuses_tiny_and_non_numeric_volumes():
         check_segmentable(Volume(np.full((4, 64, 64), np.nan, np.float32), (1, 1, 1), (0, 0, 0)))
     with pytest.raises(InputError, match="not a grey-scale number"):
         check_segmentable(Volume(np.zeros((4, 64, 64), bool), (1, 1, 1), (0, 0, 0)))
-    check_segmentable(Volume(np.zeros((1, 64, 64), np.int16), (1, 1, 1), (0, 0, 0)))  # one slice is allowed
+    with pytest.raises(InputError, match="single value 0 everywhere"):
+        check_segmentable(Volume(np.zeros((4, 64, 64), np.int16), (1, 1, 1), (0, 0, 0)))
+    one_slice = np.zeros((1, 64, 64), np.int16)
+    one_slice[0, 10:20, 10:20] = 50
+    check_segmentable(Volume(one_slice, (1, 1, 1), (0, 0, 0)))  # one slice is allowed
 
 
 def test_ct_intensity_warning():

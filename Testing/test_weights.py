@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -308,13 +309,14 @@ def test_state_dict_with_missing_keys_does_not_fit(tmp_path):
     _stage(kwargs={"in_channels": 5, "out_channels": 3, "features": [4, 16]}),  # other widths
     _stage(classes=(0, 2, 1)),  # same network, channels mean other labels
     _stage(kwargs={"in_channels": 5, "out_channels": 2, "features": [4, 8]}, classes=(0, 1)),
+    replace(_stage(), hu_window=(-160.0, 240.0)),  # trained with another HU window
 ])
 def test_checkpoint_config_differing_from_the_model_config(tmp_path, model_stage):
     path = tmp_path / "w.pt"
     digest = _write(path)  # describes features [4, 8], classes [0, 1, 2]
-    stage = StageConfig(network=model_stage.network, weights="w.pt", sha256=digest, classes=model_stage.classes,
-                        hu_window=model_stage.hu_window)
-    with pytest.raises(ModelError, match=r"checkpoint w\.pt describes network .* but the model config expects"):
+    stage = replace(model_stage, sha256=digest)
+    expected = r"checkpoint w\.pt was made for (network|classes|preprocessing) .* but the model config gives"
+    with pytest.raises(ModelError, match=expected):
         StageModel(stage, path, CPU)
 
 

@@ -33,6 +33,10 @@ def check_segmentable(volume: Volume) -> None:
         sample = a[:: max(1, nz // 64), ::4, ::4]
         if not np.isfinite(sample).any() and not np.isfinite(a).any():
             raise InputError("the volume has no finite voxel values (all NaN or infinite)")
+    first = a.flat[0]
+    # Some readers turn NaN into 0, so an all-NaN file arrives as a constant volume: nothing to segment either.
+    if np.all(a[:: max(1, nz // 16)] == first) and np.all(a == first):
+        raise InputError(f"the volume holds the single value {first} everywhere; there is no image to segment")
 
 
 def ct_intensity_warning(array_zyx: np.ndarray) -> str | None:

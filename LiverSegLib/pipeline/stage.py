@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ def stage_config_dict(stage: StageConfig) -> dict:
             "preprocessing": stage.preprocessing_dict()}
 
 
+def _as_json(value):
+    """Normalise tuples to lists (as JSON would) so configs from code, JSON and checkpoints compare equal."""
+    return json.loads(json.dumps(value))
+
+
 @dataclass
 class StageOutput:
     """Probabilities of one stage on its grid, as float16.
@@ -63,20 +69,20 @@ class StageModel:
         self.stage = stage
         self.device = device
         ckpt = load_checkpoint(weights_path, stage.sha256 if verify else None)
-        described = ckpt["config"]
-        expected = stage_config_dict(stage)
-        if described.get("network") != expected["network"] or list(described.get("classes", [])) != expected["classes"]:
-            raise ModelError(
-                f"checkpoint {Path(weights_path).name} describes network {described.get('network')} with classes "
-                f"{described.get('classes')}, but the model config expects {expected['network']} with classes "
-                f"{expected['classes']}"
-            )
+        described = _as_json(ckpt["config"])
+        expected = _as_json(stage_config_dict(stage))
+        for key in ("network", "classes", "preprocessing"):
+            if described.get(key) != expected[key]:
+                raise ModelError(
+                    f"checkpoint {Path(weights_path).name} was made for {key} {described.get(key)}, but the model "
+                    f"config gives {expected[key]}; fix the catalogue entry or use the matching checkpoint"
+                )
         net = build_network(stage.network.name, stage.network.kwargs)
         try:
             net.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as exc:
-            raise ModelError(f"checkpoint {Path(weights_path).name} does not fit its network: "
-                             f"{str(exc).splitlines()[0]}") from None
+            detail = " ".join(" ".join(str(exc).split()).split(":")[1:])[:300]
+            raise ModelError(f"checkpoint {Path(weights_path).name} does not fit its network: {detail}") from None
         if getattr(net, "in_channels", stage.context_slices) != stage.context_slices:
             raise ModelError(f"network takes {net.in_channels} slices but the config gives {stage.context_slices}")
         self.net = net.to(device).eval()
