@@ -30,7 +30,8 @@ __all__ = [
 
 
 def segment(volume: Volume, model: str | ModelConfig | None = None, device: str = "auto",
-            progress: ProgressCallback | None = None, lesion_threshold: float | None = None) -> SegmentationResult:
+            progress: ProgressCallback | None = None, lesion_threshold: float | None = None,
+            quick: bool = False) -> SegmentationResult:
     """Segment liver and liver lesions in a CT volume with Han's cascade.
 
     Args:
@@ -39,12 +40,14 @@ def segment(volume: Volume, model: str | ModelConfig | None = None, device: str 
         device: ``"auto"`` (GPU when present), ``"cpu"`` or ``"cuda"``.
         progress: ``progress(stage, fraction)`` callback; raise :class:`CancelledError` in it to cancel.
         lesion_threshold: minimum of a lesion's maximum probability to keep it (default from the model, 0.80).
+        quick: run both stages on a 3 mm grid (faster on slow CPUs, coarser boundaries).
 
     For many volumes, build one :class:`Predictor` and call ``predict`` on each: the model loads once.
     """
     from LiverSegLib.pipeline.predictor import Predictor
 
-    return Predictor(model, device=device).predict(volume, progress=progress, lesion_threshold=lesion_threshold)
+    return Predictor(model, device=device).predict(volume, progress=progress, lesion_threshold=lesion_threshold,
+                                                   quick=quick)
 
 
 def __getattr__(name: str) -> Any:

@@ -119,6 +119,7 @@ class CascadeConfig:
         coarse_threshold: probability above which a coarse voxel is liver.
         lesion_threshold: a lesion component whose maximum lesion probability is below this is removed
             (Han 2017, section 4: 0.80).
+        quick_spacing_xyz: grid of both stages in quick mode (``--quick``), for slow CPUs.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -126,6 +127,7 @@ class CascadeConfig:
     fallback_on_inplane_edge: bool = True
     coarse_threshold: float = 0.5
     lesion_threshold: float = 0.8
+    quick_spacing_xyz: tuple[float, float, float] = (3.0, 3.0, 3.0)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CascadeConfig:
@@ -135,6 +137,7 @@ class CascadeConfig:
             fallback_on_inplane_edge=bool(d.get("fallback_on_inplane_edge", True)),
             coarse_threshold=float(d.get("coarse_threshold", 0.5)),
             lesion_threshold=float(d.get("lesion_threshold", 0.8)),
+            quick_spacing_xyz=tuple(float(v) for v in d.get("quick_spacing_xyz", (3.0, 3.0, 3.0))),
         )
 
 

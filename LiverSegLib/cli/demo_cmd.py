@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample CT: {ct_path} (TotalSegmentator example, Apache-2.0)")
     seg_args = argparse.Namespace(input=str(ct_path), output=args.output, model=None, model_file=None,
                                   device=args.device, lesion_threshold=None, surfaces=args.surfaces,
-                                  progress="bar", overwrite=args.overwrite)
+                                  progress="bar", overwrite=args.overwrite, quick=False)
     code = segment_cmd.run(seg_args)
     if code:
         return code

@@ -24,6 +24,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     p.add_argument("--lesion-threshold", type=float, default=None,
                    help="drop a lesion whose maximum probability is below this (default from the model: 0.8)")
+    p.add_argument("--quick", action="store_true",
+                   help="run both stages on a 3 mm grid: much faster on a slow CPU, coarser boundaries")
     p.add_argument("--surfaces", choices=["stl", "obj"], help="also write closed liver/lesion surfaces (LPS, mm)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                    help="bar on stderr (default), one JSON object per line on stdout, or nothing")
@@ -70,7 +72,8 @@ def _segment(args: argparse.Namespace, reporter) -> dict:
     predictor = (Predictor.from_checkpoint(args.model_file, device=args.device) if args.model_file
                  else Predictor(args.model, device=args.device))
     load_s = time.perf_counter() - t0
-    result = predictor.predict(volume, progress=reporter, lesion_threshold=args.lesion_threshold)
+    result = predictor.predict(volume, progress=reporter, lesion_threshold=args.lesion_threshold,
+                               quick=getattr(args, "quick", False))
     result.timings_s = {"read": read_s, "load_model": load_s, **result.timings_s}
     for warning in result.warnings:
         reporter.log(f"warning: {warning}")

@@ -81,6 +81,7 @@ def make_phantom(
     direction: np.ndarray | Sequence[Sequence[float]] | None = None,
     origin_xyz: Sequence[float] | None = None,
     lesion_hu: float | None = None,
+    liver_hu_range: tuple[float, float] = (100.0, 130.0),
 ) -> tuple[Volume, Volume]:
     """A deterministic synthetic abdominal CT and its labelmap.
 
@@ -95,6 +96,8 @@ def make_phantom(
         direction: 3x3 matrix whose columns are the image axes in LPS; identity when None. Only attached.
         origin_xyz: LPS position of voxel ``(0, 0, 0)``; by default the grid is centred on ``(0, 0, 0)``.
         lesion_hu: fixed HU for every lesion (no rim) instead of the random hypo/hyperdense draw.
+        liver_hu_range: range the liver's HU is drawn from (default portal venous; about 40-65 HU without
+            contrast).
 
     Returns:
         ``(ct, label)``: ``ct`` int16 HU; ``label`` uint8 with 0 background, 1 liver, 2 lesion, on the same grid.
@@ -156,7 +159,7 @@ def make_phantom(
     ct[stomach & inner & (y < bcy - 0.3)] = -1000.0  # gas rises anteriorly in a supine patient
 
     # Liver: patient's RIGHT (low i) upper abdomen, anterior-right, deformed and rotated; kept inside the body.
-    liver_hu = u(100, 130)
+    liver_hu = u(*liver_hu_range)
     l_centre = (u(-0.45, -0.32), bcy + u(-0.12, 0.02), u(0.2, 0.4))
     l_radii = (u(0.36, 0.46), u(0.38, 0.5), u(0.45, 0.6))
     liver, q_liver = _ellipsoid(rng, grid, l_centre, l_radii, angle=u(-0.3, 0.3), deform=0.25)

@@ -37,6 +37,11 @@ HU_WINDOW = (-160.0, 240.0)
 # Han's coarse spacing was lost too: 2 mm in-plane keeps a 512x512 scan at about 200x200 pixels per slice (fast on
 # CPU, liver still well resolved) and 2.5 mm slices match a common clinical reconstruction.
 COARSE_SPACING = (2.0, 2.0, 2.5)
+# Three real cases cover two contrast phases at best (the TotalSegmentator example is non-contrast, liver ~45 HU;
+# the others are portal venous, 90-120 HU): intensity jitter (+-40 HU offset, +-10 % gain) and phantom livers from
+# 40 to 130 HU stand in for the variety of LiTS.
+INTENSITY_JITTER = (0.2, 0.1)
+PHANTOM_LIVER_HU = (40.0, 130.0)
 
 
 def coarse_stage(weights: str = "demo_coarse.pt", sha256: str = "0" * 64) -> StageConfig:
@@ -81,7 +86,7 @@ def build_cases(stage: StageConfig, merge_lesion: bool, leave_out: str | None, n
         inplane = float(rng.uniform(0.75, 1.8))
         shape = (int(rng.integers(24, 48)), int(360 / inplane) // 2 * 2, int(400 / inplane) // 2 * 2)
         ct, label = make_phantom(shape_zyx=shape, spacing_xyz=(inplane, inplane, float(rng.uniform(1.5, 3.5))),
-                                 seed=seed * 1000 + i, n_lesions=(1, 5))
+                                 seed=seed * 1000 + i, n_lesions=(1, 5), liver_hu_range=PHANTOM_LIVER_HU)
         cases.append(prepare_case(f"phantom{i}", ct, label, stage.hu_window, stage.spacing_xyz, merge_lesion,
                                   2.0 / max(1, n_phantoms)))
     return cases
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="folder for demo_coarse.pt and demo_fine.pt")
     p.add_argument("--leave-out", choices=sorted(REAL_CASES), help="hold this real case out and evaluate on it")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--coarse-epochs", type=int, default=20)
+    p.add_argument("--fine-epochs", type=int, default=30)
     p.add_argument("--steps", type=int, default=50, help="steps per epoch")
     p.add_argument("--lr", type=float, default=HanRecipe.lr)
     p.add_argument("--phantoms", type=int, default=12)
@@ -100,16 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--loo-dir", type=Path, help="folder with loo_*.json fold results to quote in the catalogue")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    base = HanRecipe(epochs=args.epochs, steps_per_epoch=args.steps, lr=args.lr, seed=args.seed)
+    base = HanRecipe(steps_per_epoch=args.steps, lr=args.lr, seed=args.seed)
     meta = {"data": [n for n in REAL_CASES if n != args.leave_out] + [f"{args.phantoms} phantoms"],
             "leave_out": args.leave_out}
     t0 = time.perf_counter()
     shas = {}
     for role, stage, merge, recipe, sampler_kw in (
-        ("coarse", coarse_stage(), True, replace(base, class_weights=(0.2, 1.2), batch=12, crop=128),
-         {"liver_slices_only": False, "scale_range": (0.9, 1.1)}),
-        ("fine", fine_stage(), False, replace(base, batch=8, crop=112),
-         {"liver_slices_only": True, "scale_range": (0.6, 1.6)}),
+        ("coarse", coarse_stage(), True,
+         replace(base, class_weights=(0.2, 1.2), batch=12, crop=128, epochs=args.coarse_epochs),
+         {"liver_slices_only": False, "scale_range": (0.9, 1.1), "intensity_jitter": INTENSITY_JITTER}),
+        ("fine", fine_stage(), False, replace(base, batch=8, crop=112, epochs=args.fine_epochs),
+         {"liver_slices_only": True, "scale_range": (0.6, 1.6), "intensity_jitter": INTENSITY_JITTER}),
     ):
         cases = build_cases(stage, merge, args.leave_out, args.phantoms, args.seed)
         print(f"{role}: {len(cases)} cases: " + ", ".join(f"{c.name}{c.image.shape}" for c in cases))
@@ -159,7 +166,7 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
                    "fine": stage_entry(fine_stage(sha256=shas["fine"]))},
         "cascade": {"margin_mm": list(c.margin_mm), "min_liver_ml": c.min_liver_ml,
                     "fallback_on_inplane_edge": c.fallback_on_inplane_edge, "coarse_threshold": c.coarse_threshold,
-                    "lesion_threshold": c.lesion_threshold},
+                    "lesion_threshold": c.lesion_threshold, "quick_spacing_xyz": list(c.quick_spacing_xyz)},
         "accuracy": accuracy,
     }
     path.write_text(json.dumps({"format_version": 1, "default": "han-demo", "models": [entry]}, indent=2) + "\n")

@@ -61,17 +61,21 @@ class SliceSampler:
         liver_slices_only: draw centre slices only where the label has liver (Han's fine model); otherwise all.
         foreground_crop_prob: probability to centre the crop on a labelled voxel instead of anywhere.
         scale_range: random in-plane zoom (1, 1 disables it) for data whose native spacing varies.
+        intensity_jitter: ``(shift, scale)``: add a random offset in ``[-shift, shift]`` (normalised units; 0.2 is
+            40 HU for a 400 HU window) and multiply by ``1 +- scale``, so the model does not tie the liver to one
+            contrast phase. ``(0, 0)`` disables it (Han's recipe has none; LiTS brings that variety itself).
         seed: random seed, for reproducible sampling.
     """
 
     def __init__(self, cases: list[PreparedCase], crop: int, context_slices: int = 5, liver_slices_only: bool = False,
                  foreground_crop_prob: float = 0.7, scale_range: tuple[float, float] = (1.0, 1.0),
-                 seed: int = 0) -> None:
+                 intensity_jitter: tuple[float, float] = (0.0, 0.0), seed: int = 0) -> None:
         self.cases = cases
         self.crop = crop
         self.half = context_slices // 2
         self.fg_prob = foreground_crop_prob
         self.scale_range = scale_range
+        self.intensity_jitter = intensity_jitter
         self.rng = np.random.default_rng(seed)
         self.slices = []
         for case in cases:
@@ -115,6 +119,10 @@ class SliceSampler:
             lab = F.interpolate(lt, size=(self.crop, self.crop), mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
         if self.rng.random() < 0.5:  # left-right flip
             stack, lab = stack[..., ::-1], lab[..., ::-1]
+        shift, gain = self.intensity_jitter
+        if shift or gain:
+            gain_factor = np.float32(1.0 + self.rng.uniform(-gain, gain))
+            stack = stack * gain_factor + np.float32(self.rng.uniform(-shift, shift))
         return np.ascontiguousarray(stack, dtype=np.float32), np.ascontiguousarray(lab)
 
 
