@@ -55,20 +55,17 @@ class LiverSeg(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = _("Liver Segmentation (LiverSeg)")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
-        self.parent.dependencies = []
         self.parent.contributors = ["LiverSeg contributors"]
         self.parent.helpText = _(
-            "Segments the liver and liver lesions in an abdominal CT (in Hounsfield units) with Han's 2.5D "
-            "coarse-to-fine cascade: a residual U-Net finds the liver on a coarse grid, a second one labels liver "
-            "and lesions inside the liver's bounding box, and a lesion is kept only when its highest probability "
-            "reaches the lesion threshold. The result is a segmentation with a <i>Liver</i> segment (the whole "
-            "organ, lesions included) and a <i>Liver lesion</i> segment coded in SNOMED CT, a per-lesion table, "
-            "and closed STL/OBJ surfaces in LPS coordinates. The model runs in a separate process: Slicer stays "
-            "responsive and Cancel leaves the scene unchanged.<br><br>"
-            "<b>What it is not:</b> the shipped model has demo weights, trained on a few public CTs and synthetic "
-            "phantoms, and is <b>not for clinical use</b>. It is not validated for MRI, non-contrast or paediatric "
-            "scans and does not tell primary tumours from metastases.<br>"
-            'See the <a href="https://github.com/liverseg/SlicerLiverSeg">documentation</a>.'
+            "Segments the liver and liver lesions in an abdominal CT (Hounsfield units) with Han's 2.5D coarse-to-fine "
+            "cascade: one residual U-Net finds the liver, a second labels liver and lesions inside its bounding box, "
+            "and a lesion is kept when its highest probability reaches the lesion threshold. Output: a segmentation "
+            "with <i>Liver</i> (the whole organ, lesions included) and <i>Liver lesion</i> segments coded in SNOMED "
+            "CT, a per-lesion table, and closed STL/OBJ surfaces in LPS coordinates. The model runs in a separate "
+            "process: Slicer stays responsive and Cancel leaves the scene unchanged.<br><br><b>What it is not:</b> the "
+            "shipped model has demo weights (a few public CTs and synthetic phantoms) and is <b>not for clinical "
+            "use</b>; it is not validated for MRI, non-contrast or paediatric scans and does not tell primary tumours "
+            'from metastases. See the <a href="https://github.com/liverseg/SlicerLiverSeg">documentation</a>.'
         )
         self.parent.acknowledgementText = _(
             "LiverSeg implements X. Han, <i>Automatic liver lesion segmentation using a deep convolutional neural "
@@ -215,9 +212,8 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._updateGUI()
             p = self._parameterNode
             self.ui.logTextEdit.clear()
-            self._appendLog(_("Segmenting '{volume}' (model: {model}, device: {device}{quick}).").format(
-                volume=p.inputVolume.GetName(), model=p.model or self._defaultModel or _("default"),
-                device=p.device, quick=_(", quick mode") if p.quick else ""))
+            self._appendLog(_("Segmenting '{volume}': model {model}, device {device}, quick mode {quick}.").format(
+                volume=p.inputVolume.GetName(), model=p.model or self._defaultModel, device=p.device, quick=p.quick))
             self.logic.start(p.inputVolume, p.outputSegmentation, model=p.model or None, device=p.device,
                              lesionThreshold=p.lesionThreshold, quick=p.quick, progress=self._onProgress)
             self._startTime = time.monotonic()
@@ -341,8 +337,7 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _appendLog(self, text: str) -> None:
         logging.info(text)
-        if hasattr(self, "ui"):
-            self.ui.logTextEdit.appendPlainText(text)
+        self.ui.logTextEdit.appendPlainText(text)
 
 
 class LiverSegTest(ScriptedLoadableModuleTest):
@@ -356,38 +351,37 @@ class LiverSegTest(ScriptedLoadableModuleTest):
         self.test_segmentPhantom()
 
     def test_segmentPhantom(self):
+        """The segments must be voxel-exact to the library's own labelmap on an oblique, anisotropic phantom (the
+        node <-> library geometry), with standard names and terminology. Accuracy is tested by the pytest suite."""
         import numpy as np
         from LiverSegSlicer.volumes import LPS_FROM_RAS
 
+        from LiverSegLib import Predictor
         from LiverSegLib.data.phantoms import make_phantom
-        from LiverSegLib.errors import InputError
 
         self.delayDisplay("Segmenting a synthetic phantom in-process (CPU, quick mode)")
-        ct, reference = make_phantom(shape_zyx=(48, 128, 128), spacing_xyz=(2.5, 2.5, 4.0), seed=7, n_lesions=(2, 2))
+        c, s = np.cos(np.radians(12.0)), np.sin(np.radians(12.0))
+        ct, _reference = make_phantom(shape_zyx=(40, 96, 96), spacing_xyz=(2.5, 2.5, 4.0), seed=7, n_lesions=(2, 2),
+                                      direction=[[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
         volumeNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "LiverSegPhantom")
         slicer.util.updateVolumeFromArray(volumeNode, ct.array_zyx)
         volumeNode.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(LPS_FROM_RAS @ ct.index_to_physical_matrix()))
-        logic = LiverSegLogic(runner=InProcessRunner())
+        predictor = Predictor(device="cpu")
+        expected = predictor.predict(ct, quick=True).labelmap.array_zyx
+        logic = LiverSegLogic(runner=InProcessRunner(predictor=predictor))
         segmentationNode = logic.process(volumeNode, device="cpu", quick=True)
 
         segmentation = segmentationNode.GetSegmentation()
-        liverId = segmentation.GetSegmentIdBySegmentName("Liver")
-        self.assertTrue(liverId, "no 'Liver' segment")
-        self.assertIn("SCT^10200004^Liver", segmentation.GetSegment(liverId).GetTerminology())
-        liver = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, liverId, volumeNode) > 0
-        truth = reference.array_zyx > 0
-        dice = 2.0 * np.count_nonzero(liver & truth) / (np.count_nonzero(liver) + np.count_nonzero(truth))
-        self.assertGreater(dice, 0.7, f"liver Dice {dice:.2f} on the phantom")
-        lesionId = segmentation.GetSegmentIdBySegmentName("Liver lesion")
-        if lesionId:  # there is no lesion segment when the run found none
-            self.assertIn("SCT^108369006^Neoplasm", segmentation.GetSegment(lesionId).GetTerminology())
+        for name, code, labels in (("Liver", "SCT^10200004^Liver", expected > 0),
+                                   ("Liver lesion", "SCT^108369006^Neoplasm", expected == 2)):
+            segmentId = segmentation.GetSegmentIdBySegmentName(name)
+            self.assertEqual(bool(segmentId), bool(labels.any()), f"segment {name}")
+            if segmentId:
+                self.assertIn(code, segmentation.GetSegment(segmentId).GetTerminology())
+                mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode) > 0
+                self.assertEqual(np.count_nonzero(mask != labels), 0, f"{name} differs from the library's labelmap")
         self.assertEqual(segmentationNode.GetAttribute("LiverSeg.LesionCount"), str(len(logic.lastResult.lesions)))
         table = logic.computeStatistics(segmentationNode, volumeNode)
         self.assertEqual(table.GetNumberOfRows(), len(logic.lastResult.lesions))
 
-        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        nodes = slicer.mrmlScene.GetNumberOfNodes()
-        with self.assertRaises(InputError):  # a labelmap is not a CT: refused, and the scene is left unchanged
-            logic.process(labelmap, device="cpu")
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
         self.delayDisplay("Test passed")

@@ -5,7 +5,8 @@ reading the files: every file the CMake lists exists and every file that must sh
 the CMake uses); the library lands beside the module where ``LiverSegLib`` looks for ``Resources``; the widget names
 the code uses exist in the .ui and the .ui's ``SlicerParameterName`` properties are fields of the parameter node, on
 widgets the parameter node wrapper can connect to; user-visible strings go through ``_()``. ``LiverSeg.py`` imports
-qt and Slicer's GUI modules, so it is parsed with ``ast``, never imported.
+qt and Slicer's GUI modules, so it is parsed with ``ast``, never imported. Where cmake is installed, the extension is
+also configured against a stand-in Slicer CMake package that records what the Slicer macros receive.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import ast
 import importlib.util
 import inspect
 import re
+import shutil
 import struct
+import subprocess
 import sys
 import types
 import xml.etree.ElementTree as ET
@@ -536,3 +539,67 @@ def test_icon_is_a_128_pixel_png_with_content():
     assert 0.2 < opaque.mean() < 0.9, "the icon should be a shape on a transparent background"
     liver = (abs(pixels[..., 0] - 0.867) < 0.05) & (abs(pixels[..., 1] - 0.510) < 0.05) & opaque
     assert liver.mean() > 0.1, "the icon should be mostly liver-coloured"
+
+
+# ---------------------------------------------------------------------------------- CMake configure (stand-in Slicer)
+
+# A stand-in for Slicer's CMake package: the variables and macros the extension uses, recording their arguments and
+# failing like slicerMacroBuildScriptedModule does when a listed file does not exist.
+FAKE_USE_SLICER = r"""
+set(Slicer_QTSCRIPTEDMODULES_LIB_DIR lib/Slicer-5.10/qt-scripted-modules)
+set(Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR ${Slicer_QTSCRIPTEDMODULES_LIB_DIR})
+set(BUILD_TESTING ON)
+function(_record kind)
+  file(APPEND ${CMAKE_BINARY_DIR}/calls.txt "${kind}\n")
+endfunction()
+function(_check_files)
+  foreach(f ${ARGN})
+    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+      message(FATAL_ERROR "given nonexistent file '${f}'")
+    endif()
+  endforeach()
+endfunction()
+macro(slicerMacroBuildScriptedModule)
+  cmake_parse_arguments(MOD "WITH_GENERIC_TESTS;WITH_SUBDIR;VERBOSE" "NAME" "SCRIPTS;RESOURCES" ${ARGN})
+  _check_files(${MOD_SCRIPTS} ${MOD_RESOURCES})
+  _record("module|${CMAKE_CURRENT_SOURCE_DIR}|${MOD_NAME}|${MOD_SCRIPTS}|${MOD_RESOURCES}|${MOD_WITH_GENERIC_TESTS}")
+endmacro()
+macro(ctkMacroCompilePythonScript)
+  cmake_parse_arguments(LIB "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR"
+                        "SCRIPTS;RESOURCES" ${ARGN})
+  _check_files(${LIB_SCRIPTS} ${LIB_RESOURCES})
+  _record("library|${CMAKE_CURRENT_SOURCE_DIR}|${LIB_SCRIPTS}|${LIB_RESOURCES}|${LIB_DESTINATION_DIR}|${LIB_INSTALL_DIR}")
+endmacro()
+macro(slicer_add_python_unittest)
+  cmake_parse_arguments(UT "" "SCRIPT" "SLICER_ARGS" ${ARGN})
+  _record("unittest|${CMAKE_CURRENT_SOURCE_DIR}|${UT_SCRIPT}")
+endmacro()
+"""
+
+
+@pytest.mark.skipif(not (shutil.which("cmake") and shutil.which("c++")), reason="needs cmake and a C++ compiler")
+def test_cmake_configures_with_a_stand_in_slicer(tmp_path):
+    fake = tmp_path / "Slicer"
+    fake.mkdir()
+    (fake / "UseSlicer.cmake").write_text(FAKE_USE_SLICER)
+    (fake / "Empty.cmake").write_text("")
+    (fake / "SlicerConfig.cmake").write_text(
+        "set(Slicer_VERSION 5.10.0)\n"
+        "set(Slicer_USE_FILE ${CMAKE_CURRENT_LIST_DIR}/UseSlicer.cmake)\n"
+        "set(Slicer_EXTENSION_GENERATE_CONFIG ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)\n"
+        "set(Slicer_EXTENSION_CPACK ${CMAKE_CURRENT_LIST_DIR}/Empty.cmake)\n")
+    build = tmp_path / "build"
+    proc = subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), f"-DSlicer_DIR={fake}"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    calls = [line.split("|") for line in (build / "calls.txt").read_text().splitlines()]
+    module = next(c for c in calls if c[0] == "module")
+    assert module[1:3] == [str(MODULE_DIR), "LiverSeg"] and module[-1] == "TRUE"
+    assert set(module[3].split(";")) == set(_module_lists()[0])
+    assert ["unittest", str(MODULE_DIR), "LiverSeg.py"] in calls
+    library = next(c for c in calls if c[0] == "library")
+    assert library[1] == str(ROOT) and library[4:] == ["/".join([str(build), "lib/Slicer-5.10/qt-scripted-modules"]),
+                                                         "lib/Slicer-5.10/qt-scripted-modules"]
+    python = {p.relative_to(ROOT).as_posix() for p in (ROOT / "LiverSegLib").rglob("*.py") if _shipped(p)}
+    assert set(library[2].split(";")) == python
+    assert {"LiverSegLib/py.typed", "Resources/models.schema.json"} <= set(library[3].split(";"))
