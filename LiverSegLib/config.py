@@ -8,8 +8,10 @@ a file name. Importing this module does not import torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from LiverSegLib._paths import resources_dir
 from LiverSegLib.errors import ModelError
 from LiverSegLib.types import LabelInfo
 
@@ -179,6 +181,13 @@ class ModelConfig:
             accuracy=dict(d.get("accuracy", {})),
             weights_dir=weights_dir,
         )
+
+    def weight_path(self, weights: str) -> Path:
+        """Absolute path of a weight file named in this model's config (relative names: its ``weights_dir``)."""
+        p = Path(weights)
+        if p.is_absolute():
+            return p
+        return Path(self.weights_dir or resources_dir() / "weights") / p
 
     def label_values(self) -> set[int]:
         classes = set(self.coarse.classes) | (set(self.fine.classes) if self.fine else set())

@@ -70,10 +70,7 @@ class Registry:
 
     def weight_path(self, model: ModelConfig, weights: str) -> Path:
         """Absolute path of a stage's weight file."""
-        p = Path(weights)
-        if p.is_absolute():
-            return p
-        return Path(model.weights_dir or resources_dir() / "weights") / p
+        return model.weight_path(weights)
 
 
 def load_registry(include_user: bool = True) -> Registry:

@@ -104,7 +104,7 @@ def test_largest_component_removes_a_liver_like_blob(tiny_model, phantom):
     a[8:14, 30:40, 70:80] = liver_hu
     blob_ct = ct.with_array(a)
     predictor = Predictor(replace(tiny_model, cascade=replace(tiny_model.cascade, min_liver_ml=1e9)), device="cpu")
-    raw = StageModel(tiny_model.fine, predictor._weights(tiny_model.fine), predictor.device)
+    raw = StageModel(tiny_model.fine, tiny_model.weight_path(tiny_model.fine.weights), predictor.device)
     from LiverSegLib.pipeline.orientation import to_canonical
     from LiverSegLib.pipeline.stage import normalize_hu
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["check_output_dir", "write_case_outputs", "export_surfaces", "labelmap_surface", "render_overview"]
+__all__ = ["check_output_dir", "write_case_outputs", "read_case_outputs", "export_surfaces", "labelmap_surface",
+           "render_overview"]
 
 _HOME = {
     "check_output_dir": "writer",
     "write_case_outputs": "writer",
+    "read_case_outputs": "reader",
     "export_surfaces": "surfaces",
     "labelmap_surface": "surfaces",
     "render_overview": "overview",

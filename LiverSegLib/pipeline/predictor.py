@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LiverSegLib.config import ModelConfig, StageConfig
+from LiverSegLib.config import ModelConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
@@ -73,8 +73,9 @@ class Predictor:
         else:
             registry = registry or load_registry()
             self.model = registry.get(model)
-        self.coarse = StageModel(self.model.coarse, self._weights(self.model.coarse), self.device, verify)
-        self.fine = (StageModel(self.model.fine, self._weights(self.model.fine), self.device, verify)
+        self.coarse = StageModel(self.model.coarse, self.model.weight_path(self.model.coarse.weights), self.device,
+                                 verify)
+        self.fine = (StageModel(self.model.fine, self.model.weight_path(self.model.fine.weights), self.device, verify)
                      if self.model.fine is not None else None)
 
     @classmethod
@@ -87,12 +88,6 @@ class Predictor:
         from LiverSegLib.pipeline.checkpoint_model import model_from_checkpoint
 
         return cls(model_from_checkpoint(path), device=device, verify=True)
-
-    def _weights(self, stage: StageConfig) -> Path:
-        p = Path(stage.weights)
-        if p.is_absolute():
-            return p
-        return Path(self.model.weights_dir or Path(__file__).resolve().parents[2] / "Resources" / "weights") / p
 
     # ------------------------------------------------------------------ public API
     def predict(self, volume: Volume, progress: ProgressCallback | None = None,
