@@ -47,7 +47,7 @@ def test_cli_on_totalsegmentator_example_ct(tmp_path):
     seg = read_volume(out / "segmentation.nii.gz")
     assert seg.same_grid(read_volume(ct_path)) and seg.array_zyx.dtype == np.uint8
     scores = evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.85
+    assert scores["liver_dice"] >= 0.85  # measured 0.852 (README, model card); the acceptance floor
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["id"] == "han-demo"
     assert summary["liver_volume_ml"] == pytest.approx(np.count_nonzero(seg.array_zyx) * ct.voxel_volume_ml, rel=1e-3)
@@ -62,16 +62,17 @@ def test_dicom_series_input_lands_on_the_dicom_grid(tmp_path):
     ct, reference = load_case("ts_example_dicom")
     seg = read_volume(out / "segmentation.nrrd")
     assert seg.same_grid(ct)
-    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.80
+    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.90
 
 
 def test_lits_case_with_manual_lesions(predictor):
     ct, reference = load_case("lits117")
     result = predictor.predict(ct)
     scores = evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.85
-    assert scores["lesion_dice"] >= 0.40
-    assert len(result.lesions) >= 3
+    assert scores["liver_dice"] >= 0.89
+    assert scores["lesion_dice"] >= 0.80
+    assert scores["lesion_precision"] >= 0.75
+    assert len(result.lesions) >= 20
     assert all(r.max_probability >= 0.8 for r in result.lesions)
     assert result.lesion_volume_ml == pytest.approx(sum(r.volume_ml for r in result.lesions))
 
@@ -82,4 +83,4 @@ def test_three_slice_ge_scan(predictor):
     ct, reference = load_case("dcmqi_3slice")
     result = predictor.predict(ct)
     assert result.labelmap.same_grid(ct)
-    assert evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.75
+    assert evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.90
