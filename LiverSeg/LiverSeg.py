@@ -40,7 +40,7 @@ from LiverSegSlicer import InProcessRunner, LiverSegLogic, RunnerError, RunOptio
 from LiverSegLib.errors import CancelledError  # noqa: E402
 
 # Python packages of LiverSegLib that Slicer does not ship (torch comes from the PyTorch extension): requirement ->
-# import name. Kept equal to pyproject.toml's dependencies by Testing/test_extension_files.py.
+# import name. Kept equal to pyproject.toml's dependencies by Testing/test_extension_module.py.
 REQUIREMENTS = {"monai>=1.3": "monai", "SimpleITK>=2.3": "SimpleITK", "nibabel>=5.0": "nibabel", "scipy>=1.10": "scipy",
                 "connected-components-3d>=3.12": "cc3d", "tqdm>=4.60": "tqdm", "jsonschema>=4.0": "jsonschema",
                 "mrcfile>=1.4": "mrcfile"}

@@ -39,7 +39,7 @@ def subprocess_env(home: Path) -> dict[str, str]:
 
 def make_checkpoint(path: Path, calibration_ct) -> Path:
     """A random tiny 3-class ``HanResUNet2p5D`` whose head biases give ~30 % foreground on ``calibration_ct``,
-    some of it lesion with sharp probabilities (the approach of test_cli_segment.py)."""
+    some of it lesion with sharp probabilities (the approach of cli_fixtures.py)."""
     import torch
 
     from LiverSegLib.networks import HanResUNet2p5D
@@ -121,48 +121,6 @@ def scene_state(scene) -> tuple:
     items = vtk.vtkIdList()
     sh.GetItemChildren(sh.GetSceneItemID(), items, True)
     return scene.GetNumberOfNodes(), tuple(nodes), items.GetNumberOfIds()
-
-
-def mesh_stats(path: Path) -> dict:
-    """Boundary / non-manifold edges, enclosed volume (mm^3), signed volume (> 0: outward facets) and bounds."""
-    from vtkmodules.vtkFiltersCore import vtkFeatureEdges, vtkMassProperties, vtkTriangleFilter
-
-    reader = vtk.vtkSTLReader() if path.suffix.lower() == ".stl" else vtk.vtkOBJReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    mesh = reader.GetOutput()
-    counts = []
-    for boundary in (True, False):
-        edges = vtkFeatureEdges()
-        edges.SetInputData(mesh)
-        edges.FeatureEdgesOff()
-        edges.ManifoldEdgesOff()
-        edges.SetBoundaryEdges(boundary)
-        edges.SetNonManifoldEdges(not boundary)
-        edges.Update()
-        counts.append(edges.GetOutput().GetNumberOfCells())
-    triangles = vtkTriangleFilter()
-    triangles.SetInputData(mesh)
-    triangles.Update()
-    tri = triangles.GetOutput()
-    mass = vtkMassProperties()
-    mass.SetInputData(tri)
-    mass.Update()
-    points = vtk.util.numpy_support.vtk_to_numpy(tri.GetPoints().GetData()).astype(np.float64)
-    cells = vtk.util.numpy_support.vtk_to_numpy(tri.GetPolys().GetConnectivityArray()).reshape(-1, 3)
-    a, b, c = (points[cells[:, n]] for n in range(3))
-    signed = float(np.einsum("ij,ij->i", a, np.cross(b, c)).sum() / 6.0)
-    return {"cells": mesh.GetNumberOfCells(), "boundary": counts[0], "non_manifold": counts[1],
-            "volume": mass.GetVolume(), "signed_volume": signed, "bounds": np.array(mesh.GetBounds())}
-
-
-def physical_bounds_lps(volume, mask_zyx: np.ndarray) -> np.ndarray:
-    """LPS bounds (xmin, xmax, ymin, ymax, zmin, zmax) of the voxel corners of ``mask`` on ``volume``'s grid."""
-    kji = np.argwhere(mask_zyx)
-    corners = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
-    ijk = (kji[:, None, ::-1] + corners[None]).reshape(-1, 3)
-    lps = np.asarray(volume.index_to_physical(ijk))
-    return np.stack([lps.min(axis=0), lps.max(axis=0)], axis=1).ravel()
 
 
 def process_group_alive(pgid: int) -> bool:

@@ -1,99 +1,55 @@
-"""``liverseg segment`` end to end, through real subprocesses, with a tiny self-made checkpoint.
-
-The shipped model may not exist while these run, so every run uses ``--model-file`` with a tiny
-``HanResUNet2p5D`` whose random weights are calibrated (head biases only) so that it labels about a third of a
-phantom as liver: the output depends on the image content and position, which is what the geometry and
-orientation tests need. Bad inputs must give exit code 2, one line on stderr and nothing written.
+"""``liverseg segment`` end to end: outputs, geometry, surfaces, progress and reruns, through real subprocesses
+with a tiny self-made checkpoint (see cli_fixtures.py), and the in-process check that the stored orientation is
+undone exactly. Refusals of bad inputs and options are in test_cli_bad_input.py.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk  # noqa: N813
 import torch
+from cli_fixtures import (
+    MODEL_ID,
+    SHAPE,
+    SPACING,
+    assert_one_line_error,
+    cli_env,
+    file_tree,
+    make_tiny_checkpoint,
+    run_cli,
+    write_nifti_ct,
+)
+from mesh_checks import mesh_stats, physical_bounds_lps
 
 from LiverSegLib.data.phantoms import make_phantom
 from LiverSegLib.io import read_volume, write_volume
-from LiverSegLib.networks import HanResUNet2p5D
-from LiverSegLib.pipeline.stage import normalize_hu
 from LiverSegLib.types import Volume
-from LiverSegLib.weights import save_checkpoint
 
-REPO = Path(__file__).resolve().parents[1]
-SHAPE = (16, 64, 64)  # (k, j, i): 102 x 102 mm in-plane, enough for the pipeline's size check
-SPACING = (1.6, 1.6, 2.5)
-HU_WINDOW = (-160.0, 240.0)
-MODEL_ID = "cli-test-tiny"
-NET_KWARGS = {"in_channels": 5, "out_channels": 3, "features": [4, 8, 16]}
 STAGES = ("read", "coarse", "fine", "post", "write")  # the order a run goes through
-RAS_LIKE = np.diag([-1.0, -1.0, 1.0])  # how NIfTI files are usually stored
 
 
 # ---------------------------------------------------------------- helpers and fixtures
 
 
-def _cli(*args: str | os.PathLike, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "LiverSegLib", "segment", *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, cwd=REPO, env=env)
-
-
-def _calibrated_net(ct: Volume) -> HanResUNet2p5D:
-    """A random tiny net whose head biases are set so that ~30 % of ``ct`` is foreground, some of it lesion."""
-    torch.manual_seed(0)
-    net = HanResUNet2p5D(**NET_KWARGS).eval()
-    x = normalize_hu(ct.array_zyx.astype(np.float32), HU_WINDOW)
-    nz = x.shape[0]
-    stacks = torch.from_numpy(x[np.clip(np.arange(nz)[:, None] + np.arange(-2, 3)[None], 0, nz - 1)])
-    head = net.head.conv
-    with torch.no_grad():
-        head.weight.mul_(40.0)  # sharp probabilities: lesion components whose max probability passes a threshold
-        head.bias.mul_(40.0)
-        logits = net(stacks)
-        head.bias[2] -= torch.quantile((logits[:, 2] - logits[:, 1]).flatten(), 0.9)
-        logits = net(stacks)
-        head.bias[0] -= torch.quantile((logits[:, 0] - torch.logsumexp(logits[:, 1:], 1)).flatten(), 0.3)
-    return net
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    ct, _ = make_phantom(SHAPE, SPACING, seed=3)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    config = {"network": {"name": "HanResUNet2p5D", "kwargs": NET_KWARGS}, "classes": [0, 1, 2],
-              "preprocessing": {"hu_window": list(HU_WINDOW), "spacing_xyz": [None, None, None],
-                                "context_slices": 5}}
-    save_checkpoint(path, config, _calibrated_net(ct).state_dict(), metadata={"id": MODEL_ID, "version": "1"})
-    return path
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("model"))
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory) -> dict[str, str]:
-    """A private LIVERSEG_HOME so that no user catalogue or cache of this machine takes part."""
-    # One torch thread: on a small, busy machine several threads spin against each other (10x slower here).
-    return {**os.environ, "LIVERSEG_HOME": str(tmp_path_factory.mktemp("home")), "OMP_NUM_THREADS": "1"}
+    return cli_env(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture(scope="module")
 def nifti_ct(tmp_path_factory) -> tuple[Path, Volume]:
-    """A phantom stored RAS-like (direction diag(-1, -1, 1)) with an off-centre origin, as NIfTI."""
-    ct, _ = make_phantom(SHAPE, SPACING, seed=5, direction=RAS_LIKE, origin_xyz=(71.3, 48.2, -310.5))
-    path = write_volume(ct, tmp_path_factory.mktemp("nifti") / "ct.nii.gz")
-    return path, read_volume(path)
-
-
-def _tree(root: Path) -> dict[str, tuple[int, bytes]]:
-    """Every file under ``root`` with its mtime and bytes (to prove that nothing was written or touched)."""
-    return {str(p.relative_to(root)): (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*"))
-            if p.is_file()} | {str(p.relative_to(root)) + "/": (0, b"") for p in root.rglob("*") if p.is_dir()}
+    return write_nifti_ct(tmp_path_factory.mktemp("nifti"))
 
 
 def _assert_same_grid(a: Volume, b: Volume) -> None:
@@ -101,17 +57,6 @@ def _assert_same_grid(a: Volume, b: Volume) -> None:
     np.testing.assert_allclose(a.spacing_xyz, b.spacing_xyz, atol=1e-4)
     np.testing.assert_allclose(a.origin_xyz, b.origin_xyz, atol=1e-3)
     np.testing.assert_allclose(a.direction, b.direction, atol=1e-5)
-
-
-def _assert_one_line_error(proc: subprocess.CompletedProcess, *words: str) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stderr)
-    assert "Traceback" not in proc.stderr + proc.stdout
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, f"stderr should be one line, got {proc.stderr!r}"
-    assert lines[0].startswith("liverseg: error: "), lines[0]
-    for word in words:
-        assert word.lower() in lines[0].lower(), f"{word!r} not in {lines[0]!r}"
-    return lines[0]
 
 
 def _write_dicom_series(ct: Volume, folder: Path) -> None:
@@ -138,37 +83,6 @@ def _write_dicom_series(ct: Volume, folder: Path) -> None:
         writer.Execute(slice_)
 
 
-def _closed_surface_stats(path: Path) -> tuple[int, int, np.ndarray]:
-    """(boundary edges, non-manifold edges, bounds xmin xmax ymin ymax zmin zmax) of an STL file."""
-    from vtkmodules.vtkFiltersCore import vtkFeatureEdges
-    from vtkmodules.vtkIOGeometry import vtkSTLReader
-
-    reader = vtkSTLReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    mesh = reader.GetOutput()
-    counts = []
-    for boundary in (True, False):
-        edges = vtkFeatureEdges()
-        edges.SetInputData(mesh)
-        edges.FeatureEdgesOff()
-        edges.ManifoldEdgesOff()
-        edges.SetBoundaryEdges(boundary)
-        edges.SetNonManifoldEdges(not boundary)
-        edges.Update()
-        counts.append(edges.GetOutput().GetNumberOfCells())
-    assert mesh.GetNumberOfCells() > 0, f"{path.name} is empty"
-    return counts[0], counts[1], np.array(mesh.GetBounds())
-
-
-def _physical_bounds(volume: Volume, mask_zyx: np.ndarray) -> np.ndarray:
-    kji = np.argwhere(mask_zyx)
-    corners = np.array([[a, b, c] for a in (-0.5, 0.5) for b in (-0.5, 0.5) for c in (-0.5, 0.5)])
-    ijk = (kji[:, None, ::-1] + corners[None]).reshape(-1, 3)  # voxel corners, so bounds include the full voxel
-    lps = np.asarray(volume.index_to_physical(ijk))
-    return np.stack([lps.min(axis=0), lps.max(axis=0)], axis=1).ravel()
-
-
 # ---------------------------------------------------------------- one NIfTI run, several checks
 
 
@@ -176,8 +90,8 @@ def _physical_bounds(volume: Volume, mask_zyx: np.ndarray) -> np.ndarray:
 def nifti_run(tmp_path_factory, ckpt, env, nifti_ct):
     path, ct = nifti_ct
     out = tmp_path_factory.mktemp("run") / "case1"
-    proc = _cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", "--surfaces", "stl", "--progress", "json",
-                "--lesion-threshold", "0.5", env=env)
+    proc = run_cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", "--surfaces", "stl", "--progress", "json",
+                   "--lesion-threshold", "0.5", env=env)
     assert proc.returncode == 0, proc.stderr
     return proc, out, ct
 
@@ -223,12 +137,13 @@ def test_surfaces_are_closed_named_lps_and_in_lps_coordinates(nifti_run):
     assert files and all(f.suffix == ".stl" and "LPS" in f.name for f in files), files
     assert summary["surfaces"]["coordinate_system"] == "LPS"
     liver_file = next(f for f in files if f.name.lower().startswith("liver_"))
-    boundary, non_manifold, bounds = _closed_surface_stats(liver_file)
-    assert boundary == 0 and non_manifold == 0
+    stats = mesh_stats(liver_file)
+    assert stats["cells"] > 0, f"{liver_file.name} is empty"
+    assert stats["boundary"] == 0 and stats["non_manifold"] == 0
     # LPS, not RAS or index space: the mesh sits on the labelmap's voxels (within a voxel, smoothing shrinks it)
     seg = read_volume(out / "segmentation.nii.gz")
-    expected = _physical_bounds(seg, seg.array_zyx > 0)
-    np.testing.assert_allclose(bounds, expected, atol=max(ct.spacing_xyz) * 1.5)
+    expected = physical_bounds_lps(seg, seg.array_zyx > 0)
+    np.testing.assert_allclose(stats["bounds"], expected, atol=max(ct.spacing_xyz) * 1.5)
 
 
 def test_progress_json_stream(nifti_run):
@@ -261,7 +176,7 @@ def test_nrrd_input_gives_nrrd_on_an_oblique_grid(tmp_path, ckpt, env):
     oblique = np.array([[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0, 0, 1.0]])
     ct, _ = make_phantom(SHAPE, (1.7, 1.5, 3.0), seed=7, direction=oblique)
     path = write_volume(ct, tmp_path / "ct.nrrd")
-    proc = _cli(path, "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu", env=env)
+    proc = run_cli(path, "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu", env=env)
     assert proc.returncode == 0, proc.stderr
     assert "\r" not in proc.stderr and "%|" not in proc.stderr, proc.stderr  # no bar drawn into a pipe
     assert "results in" in proc.stdout
@@ -276,8 +191,8 @@ def test_dicom_folder_input_gives_nrrd_on_the_dicom_grid(tmp_path, ckpt, env):
     ct, _ = make_phantom(SHAPE, SPACING, seed=9, origin_xyz=(-51.2, -80.0, 1200.5))
     _write_dicom_series(ct, tmp_path / "series")
     dicom = read_volume(tmp_path / "series")
-    proc = _cli(tmp_path / "series", "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu",
-                "--progress", "none", env=env)
+    proc = run_cli(tmp_path / "series", "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu",
+                   "--progress", "none", env=env)
     assert proc.returncode == 0, proc.stderr
     seg = read_volume(tmp_path / "out" / "segmentation.nrrd")
     _assert_same_grid(seg, dicom)
@@ -302,17 +217,17 @@ def rerun(tmp_path_factory, ckpt, env):
     (out / "summary.json").write_text('{"old": true}\n')
     (out / "segmentation.nii.gz").write_bytes(b"old labelmap")
     (out / "notes.txt").write_text("from an earlier run\n")
-    before = _tree(root)
-    refused = _cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", env=env)
-    after_refusal = _tree(root)
-    replaced = _cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", "--overwrite", "--progress", "none",
-                    env=env)
+    before = file_tree(root)
+    refused = run_cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", env=env)
+    after_refusal = file_tree(root)
+    replaced = run_cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", "--overwrite", "--progress", "none",
+                       env=env)
     return root, mr, before, refused, after_refusal, replaced
 
 
 def test_existing_results_are_kept_without_overwrite_and_replaced_with_it(rerun):
     root, mr, before, refused, after_refusal, replaced = rerun
-    _assert_one_line_error(refused, "already holds", "--overwrite")
+    assert_one_line_error(refused, "already holds", "--overwrite")
     assert after_refusal == before  # bytes and mtimes untouched, no temporary folder
 
     assert replaced.returncode == 0, replaced.stderr
@@ -329,120 +244,6 @@ def test_mr_like_intensities_run_with_a_not_ct_warning(rerun):
     warnings = json.loads((root / "out" / "summary.json").read_text())["warnings"]
     assert any("do not look like CT" in w for w in warnings), warnings
     assert "do not look like CT" in replaced.stderr  # the user sees it too
-
-
-# ---------------------------------------------------------------- bad input: exit 2, one line, nothing written
-
-
-def _write_image(path: Path, image: sitk.Image) -> Path:
-    sitk.WriteImage(image, str(path))
-    return path
-
-
-def _missing(d: Path) -> Path:
-    return d / "nope.nii.gz"
-
-
-def _empty_file(d: Path) -> Path:
-    (d / "empty.nii.gz").touch()
-    return d / "empty.nii.gz"
-
-
-def _empty_folder(d: Path) -> Path:
-    (d / "series").mkdir()
-    return d / "series"
-
-
-def _nifti_2d(d: Path) -> Path:
-    return _write_image(d / "slice.nii.gz", sitk.GetImageFromArray(np.zeros((64, 64), np.int16)))
-
-
-def _png_2d(d: Path) -> Path:
-    return _write_image(d / "slice.png", sitk.GetImageFromArray(np.zeros((64, 64), np.uint8)))
-
-
-def _rgb(d: Path) -> Path:
-    return _write_image(d / "rgb.nrrd", sitk.GetImageFromArray(np.zeros((16, 64, 64, 3), np.uint8), isVector=True))
-
-
-def _all_nan(d: Path) -> Path:  # NRRD: ITK's NIfTI reader (niftilib) turns NaN into 0 while reading
-    return write_volume(Volume(np.full(SHAPE, np.nan, np.float32), SPACING, (0.0, 0.0, 0.0)), d / "nan.nrrd")
-
-
-def _tiny(d: Path) -> Path:
-    return write_volume(Volume(np.zeros((4, 8, 8), np.int16), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), d / "tiny.nii.gz")
-
-
-BAD_INPUTS = {
-    "missing file": (_missing, ["input not found", "nope.nii.gz"]),
-    "empty file": (_empty_file, ["empty", "0 bytes"]),
-    "empty folder": (_empty_folder, ["folder is empty"]),
-    "2D NIfTI": (_nifti_2d, ["2D image", "3D"]),
-    "2D PNG": (_png_2d, ["unsupported input", "slice.png"]),
-    "RGB": (_rgb, ["3 components", "RGB"]),
-    "all NaN": (_all_nan, ["no finite value"]),
-    "too small": (_tiny, ["too small to segment", "8x8x4"]),
-}
-
-
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, ckpt, env, case):
-    make, words = BAD_INPUTS[case]
-    source = make(tmp_path)
-    before = _tree(tmp_path)
-    proc = _cli(source, "-o", tmp_path / "out", "--model-file", ckpt, "--device", "cpu", env=env)  # default: bar
-    _assert_one_line_error(proc, *words)
-    assert not (tmp_path / "out").exists()
-    assert _tree(tmp_path) == before
-
-
-def _catalogue_words() -> list[str]:
-    if (REPO / "Resources" / "models.json").is_file():
-        return ["unknown model", "no-such-model", "models list"]
-    return ["model catalogue not found"]  # the shipped catalogue is still being made
-
-
-BAD_OPTIONS = {
-    "lesion threshold": (["--model-file", "{ckpt}", "--lesion-threshold", "1.5"], ["--lesion-threshold", "1.5"]),
-    "unknown model id": (["--model", "no-such-model"], None),
-    "missing model file": (["--model-file", "{tmp}/gone.pt"], ["model file not found", "gone.pt"]),
-    "cuda without CUDA": (["--model-file", "{ckpt}", "--device", "cuda"], ["CUDA", "--device cpu"]),
-}
-
-
-@pytest.mark.parametrize("case", BAD_OPTIONS)
-def test_bad_option_is_refused_in_one_line_and_nothing_is_written(tmp_path, ckpt, env, nifti_ct, case):
-    if case == "cuda without CUDA" and torch.cuda.is_available():
-        pytest.skip("this machine has CUDA")
-    options, words = BAD_OPTIONS[case]
-    options = [o.format(ckpt=ckpt, tmp=tmp_path) for o in options]
-    before = _tree(tmp_path)
-    proc = _cli(nifti_ct[0], "-o", tmp_path / "out", *options, "--progress", "json", env=env)
-    message = _assert_one_line_error(proc, *(words or _catalogue_words()))
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert events[-1] == {"event": "error", "message": message.removeprefix("liverseg: error: "), "exit_code": 2}
-    if case != "cuda without CUDA":  # options are checked before the input is read (it may be a large series)
-        assert not any(e["event"] == "progress" for e in events), events
-    assert not (tmp_path / "out").exists()
-    assert _tree(tmp_path) == before
-
-
-def test_usage_error_is_one_line(tmp_path, env, nifti_ct):
-    proc = _cli(nifti_ct[0], env=env)  # no -o
-    _assert_one_line_error(proc, "-o/--output", "required")
-    assert proc.stdout == ""
-
-
-def test_bad_input_with_json_progress_ends_with_an_error_event(tmp_path, ckpt, env):
-    proc = _cli(tmp_path / "nope.nii.gz", "-o", tmp_path / "out", "--model-file", ckpt, "--progress", "json",
-                env=env)
-    assert proc.returncode == 2
-    events = [json.loads(line) for line in proc.stdout.splitlines()]
-    assert events and events[-1]["event"] == "error"
-    assert "input not found" in events[-1]["message"] and "\n" not in events[-1]["message"]
-    assert not any(e["event"] == "done" for e in events)
-    _assert_one_line_error(proc, "input not found")
-    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- in-process: stored orientation is undone exactly

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from matplotlib.image import imread
+from mesh_checks import mesh_stats, read_mesh
 from scipy.spatial.transform import Rotation
 from vtkmodules.util.numpy_support import vtk_to_numpy
-from vtkmodules.vtkFiltersCore import vtkFeatureEdges, vtkMassProperties, vtkPolyDataNormals
-from vtkmodules.vtkIOGeometry import vtkOBJReader, vtkSTLReader
+from vtkmodules.vtkFiltersCore import vtkPolyDataNormals
 
 from LiverSegLib.errors import InputError, OutputExistsError
 from LiverSegLib.io import read_volume
@@ -45,31 +45,6 @@ def _ball(mirror: bool, radius_mm: float = 12.0) -> tuple[Volume, np.ndarray]:
     return grid.with_array(inside.astype(np.uint8)), centre
 
 
-def _open_edges(polydata) -> int:
-    edges = vtkFeatureEdges()
-    edges.SetInputData(polydata)
-    edges.BoundaryEdgesOn()
-    edges.NonManifoldEdgesOn()
-    edges.FeatureEdgesOff()
-    edges.ManifoldEdgesOff()
-    edges.Update()
-    return edges.GetOutput().GetNumberOfCells()
-
-
-def _mesh_volume(polydata) -> float:
-    mass = vtkMassProperties()
-    mass.SetInputData(polydata)
-    mass.Update()
-    return mass.GetVolume()
-
-
-def _read_mesh(path: Path):
-    reader = vtkSTLReader() if path.suffix == ".stl" else vtkOBJReader()
-    reader.SetFileName(str(path))
-    reader.Update()
-    return reader.GetOutput()
-
-
 # ---------------------------------------------------------------- surfaces
 
 
@@ -78,12 +53,13 @@ def test_sphere_surface_is_closed_sized_and_placed_in_lps(tmp_path, mirror):
     labelmap, centre = _ball(mirror)
     (path,) = export_surfaces(labelmap, tmp_path, LABELS[:1])
     assert path == tmp_path / "Liver_LPS.stl"
-    mesh = _read_mesh(path)
-    assert mesh.GetNumberOfCells() > 500
-    assert _open_edges(mesh) == 0
+    mesh = read_mesh(path)
+    stats = mesh_stats(mesh)
+    assert stats["cells"] > 500
+    assert stats["boundary"] == 0 and stats["non_manifold"] == 0
     voxel_volume = labelmap.array_zyx.sum() * np.prod(SPACING)
-    assert abs(_mesh_volume(mesh) - voxel_volume) < 0.10 * voxel_volume
-    bounds = np.array(mesh.GetBounds()).reshape(3, 2)  # a sphere's bounds are its centre +- radius on each axis
+    assert abs(stats["volume"] - voxel_volume) < 0.10 * voxel_volume
+    bounds = stats["bounds"].reshape(3, 2)  # a sphere's bounds are its centre +- radius on each axis
     np.testing.assert_allclose(bounds[:, 0], centre - 12.0, atol=1.5)
     np.testing.assert_allclose(bounds[:, 1], centre + 12.0, atol=1.5)
 
@@ -110,17 +86,19 @@ def test_export_skips_absent_labels_and_liver_encloses_its_lesions(tmp_path):
     files = export_surfaces(labelmap, tmp_path / "made" / "here", LABELS, file_format="obj")
     assert [p.name for p in files] == ["Liver_LPS.obj", "Liver_lesion_LPS.obj"]
     assert sorted(p.name for p in (tmp_path / "made" / "here").iterdir()) == ["Liver_LPS.obj", "Liver_lesion_LPS.obj"]
-    liver, lesion = (_read_mesh(p) for p in files)
-    assert _open_edges(liver) == 0 and _open_edges(lesion) == 0
+    liver, lesion = (mesh_stats(p) for p in files)
+    assert liver["boundary"] == 0 and liver["non_manifold"] == 0
+    assert lesion["boundary"] == 0 and lesion["non_manifold"] == 0
     whole = (array > 0).sum() * np.prod(SPACING)
-    assert abs(_mesh_volume(liver) - whole) < 0.10 * whole  # the organ, lesions included: no cavities
+    assert abs(liver["volume"] - whole) < 0.10 * whole  # the organ, lesions included: no cavities
     lesion_ml = (array == 2).sum() * np.prod(SPACING)
-    assert abs(_mesh_volume(lesion) - lesion_ml) < 0.25 * lesion_ml  # small box: relatively more corner loss
+    assert abs(lesion["volume"] - lesion_ml) < 0.25 * lesion_ml  # small box: relatively more corner loss
 
 
 def test_surface_touching_the_volume_edge_is_still_closed():
     volume = Volume(np.ones((3, 6, 6), np.uint8), SPACING, (0.0, 0.0, 0.0))  # every voxel is liver
-    assert _open_edges(labelmap_surface(volume, [1])) == 0
+    stats = mesh_stats(labelmap_surface(volume, [1]))
+    assert stats["boundary"] == 0 and stats["non_manifold"] == 0
     assert labelmap_surface(volume.with_array(np.zeros((3, 6, 6), np.uint8)), [1]).GetNumberOfPoints() == 0
 
 

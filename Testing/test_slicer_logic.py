@@ -13,6 +13,7 @@ import slicer_fixtures  # isort: skip # noqa: F401 (first: skips without slicer-
 from LiverSegSlicer import InProcessRunner, LiverSegLogic, RunnerError, computeStatistics, exportSurfaces
 from LiverSegSlicer import logic as logic_module
 from LiverSegSlicer.batch import processFolder
+from mesh_checks import mesh_stats, physical_bounds_lps
 from slicer_fixtures import (
     LESION_TAG,
     LIVER_TAG,
@@ -21,8 +22,6 @@ from slicer_fixtures import (
     export_to_grid,
     load_volume_node,
     make_checkpoint,
-    mesh_stats,
-    physical_bounds_lps,
     put_under_study,
     scene_state,
     slicer,

@@ -13,12 +13,12 @@ Two sources of meshes:
 
 Either way the node's parent transforms are applied and the files are LPS by default, like Slicer's own "Export to
 files" (RAS on request). The coordinate system is part of every file name (``Liver_LPS.stl``) because CAD and
-printing tools cannot tell. Each file is written to a temporary name and renamed, so a reader never sees half a mesh.
+printing tools cannot tell. Each file is written to a temporary name and renamed, so a reader never sees half a mesh
+(LiverSegLib's :func:`~LiverSegLib.outputs.surfaces.write_surface`, as the CLI).
 """
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import vtk
 from vtk.util import numpy_support
 
 from LiverSegLib.errors import InputError
+from LiverSegLib.outputs.surfaces import labelmap_surface, write_surface
 from LiverSegLib.types import Volume
 
 from .segmentation_writer import BINARY_LABELMAP, ensureConverterRules
@@ -66,24 +67,6 @@ def _orientedMesh(polyData: vtk.vtkPolyData, lps: bool) -> vtk.vtkPolyData:
     normals.AutoOrientNormalsOn()
     normals.Update()
     return normals.GetOutput()
-
-
-def _writeAtomic(mesh: vtk.vtkPolyData, path: Path, fileFormat: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if fileFormat == "STL":
-        writer = vtk.vtkSTLWriter()
-        writer.SetFileTypeToBinary()
-    else:
-        writer = vtk.vtkOBJWriter()
-    writer.SetInputData(mesh)
-    writer.SetFileName(str(tmp))
-    try:
-        writer.Write()
-        if writer.GetErrorCode() != 0 or not tmp.is_file():
-            raise InputError(f"cannot write surface {path} (check the folder is writable and has space)")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def exportSurfaces(segmentationNode, folder, fileFormat: str = "STL", coordinateSystem: str = "LPS",
@@ -130,15 +113,12 @@ def exportSurfaces(segmentationNode, folder, fileFormat: str = "STL", coordinate
             continue  # an empty segment has no surface
         stem = _fileStem(segmentation.GetSegment(segmentId).GetName(), taken)
         path = out / f"{stem}_{coordinateSystem}.{fileFormat.lower()}"
-        _writeAtomic(_orientedMesh(polyData, coordinateSystem == "LPS"), path, fileFormat)
-        paths.append(path)
+        paths.append(write_surface(_orientedMesh(polyData, coordinateSystem == "LPS"), path, fileFormat))
     return paths
 
 
 def _labelmapSurface(segmentationNode, segmentId: str) -> vtk.vtkPolyData | None:
     """The segment's binary labelmap meshed by LiverSegLib, in world RAS (parent transforms applied)."""
-    from LiverSegLib.outputs.surfaces import labelmap_surface
-
     image = slicer.vtkOrientedImageData()
     segmentationNode.GetBinaryLabelmapRepresentation(segmentId, image)  # a 0/1 copy of this segment only
     extent = image.GetExtent()

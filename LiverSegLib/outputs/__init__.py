@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 __all__ = ["check_output_dir", "write_case_outputs", "read_case_outputs", "export_surfaces", "labelmap_surface",
-           "render_overview"]
+           "write_surface", "render_overview"]
 
 _HOME = {
     "check_output_dir": "writer",
@@ -17,6 +17,7 @@ _HOME = {
     "read_case_outputs": "reader",
     "export_surfaces": "surfaces",
     "labelmap_surface": "surfaces",
+    "write_surface": "surfaces",
     "render_overview": "overview",
 }
 

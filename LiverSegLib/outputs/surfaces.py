@@ -19,7 +19,7 @@ from vtkmodules.vtkIOGeometry import vtkOBJWriter, vtkSTLWriter
 from LiverSegLib.errors import InputError
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, LabelInfo, Volume
 
-__all__ = ["export_surfaces", "labelmap_surface", "SURFACE_FORMATS"]
+__all__ = ["export_surfaces", "labelmap_surface", "write_surface", "SURFACE_FORMATS"]
 
 SURFACE_FORMATS = ("stl", "obj")
 
@@ -105,10 +105,29 @@ def _file_name(label: LabelInfo, file_format: str) -> str:
     return f"{stem}_LPS.{file_format}"  # the coordinate system is in the name: Slicer and CAD tools assume RAS
 
 
-def _write_atomic(surface: vtkPolyData, path: Path, file_format: str) -> None:
-    """Write to a temporary name beside ``path`` and rename, so a reader never sees half a mesh."""
+def write_surface(surface: vtkPolyData, path: str | os.PathLike, file_format: str) -> Path:
+    """Write ``surface`` to ``path`` as it is (no re-orientation), atomically.
+
+    The mesh goes to a temporary name beside ``path`` first and is renamed, so a reader never sees half a mesh;
+    an existing file at ``path`` is replaced.
+
+    Args:
+        surface: the mesh, in whatever coordinates the caller wants in the file.
+        path: the file to write; its folder must exist.
+        file_format: "stl" (binary) or "obj", case-insensitive (the Slicer side passes "STL"/"OBJ").
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        InputError: unsupported format or a failed write.
+    """
+    path = Path(path)
+    fmt = file_format.lower().lstrip(".")
+    if fmt not in SURFACE_FORMATS:
+        raise InputError(f"unsupported surface format: {file_format!r} (use one of {', '.join(SURFACE_FORMATS)})")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    if file_format == "stl":
+    if fmt == "stl":
         writer = vtkSTLWriter()
         writer.SetFileTypeToBinary()
     else:
@@ -122,6 +141,7 @@ def _write_atomic(surface: vtkPolyData, path: Path, file_format: str) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
 
 
 def export_surfaces(labelmap: Volume, folder: str | os.PathLike, labels: list[LabelInfo],
@@ -154,6 +174,5 @@ def export_surfaces(labelmap: Volume, folder: str | os.PathLike, labels: list[La
             continue
         values = {label.value, LESION_LABEL} if label.value == LIVER_LABEL else {label.value}
         path = out / _file_name(label, fmt)
-        _write_atomic(labelmap_surface(labelmap, values), path, fmt)
-        written.append(path)
+        written.append(write_surface(labelmap_surface(labelmap, values), path, fmt))
     return written
