@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -156,9 +157,10 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
                                 "case with the same recipe and seed, then runs the whole cascade on it"}
     for f in sorted((loo_dir or path.parent).glob("loo_*.json")) if loo_dir else []:
         r = json.loads(f.read_text())
-        accuracy[r["case"]] = {k: (round(r[k], 4) if isinstance(r[k], float) else r[k])
+        # NaN (e.g. lesion recall without reference lesions) is not JSON: written as null
+        accuracy[r["case"]] = {k: (round(r[k], 4) if math.isfinite(r[k]) else None)
                                for k in ("liver_dice", "liver_assd", "lesion_dice", "lesion_recall",
-                                         "lesion_precision") if k in r}
+                                         "lesion_precision", "n_ref_lesions", "n_pred_lesions") if k in r}
     c = demo_cascade()
     entry = {
         "id": "han-demo", "version": "0.1.0",
