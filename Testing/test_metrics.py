@@ -256,3 +256,23 @@ def test_cli_label_remapping_and_folders(tmp_path: Path, capsys: pytest.CaptureF
     with out.open(newline="") as f:
         row = next(csv.DictReader(f))
     assert row["case"] == "c1" and float(row["liver_dice"]) == 1.0 and row["n_ref_lesions"] == "0"
+
+
+def test_cli_compares_a_reference_stored_with_reversed_rows(tmp_path: Path):
+    """Same voxels, other storage order (rows reversed, direction and origin rewritten): scored as on one grid."""
+    ref = np.zeros((10, 16, 16), np.uint8)
+    ref[2:8, 1:9, 2:12] = 1  # asymmetric along rows, so a wrong mapping would lose overlap
+    pred = ref.copy()
+    pred[2:8, 1:3, 2:12] = 0
+    flipped = sitk.GetImageFromArray(np.ascontiguousarray(ref[:, ::-1, :]))
+    flipped.SetSpacing((0.8, 0.8, 2.0))
+    flipped.SetOrigin((0.0, 15 * 0.8, 0.0))  # the first stored row is the last row of the prediction's grid
+    flipped.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+    sitk.WriteImage(flipped, str(tmp_path / "gt_flipped.nii.gz"))
+    _write(tmp_path / "gt.nii.gz", ref)
+    _write(tmp_path / "pred.nii.gz", pred)
+    same = _liverseg(str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt.nii.gz"), "-o", str(tmp_path / "a.csv"))
+    other = _liverseg(str(tmp_path / "pred.nii.gz"), str(tmp_path / "gt_flipped.nii.gz"), "-o", str(tmp_path / "b.csv"))
+    assert same.returncode == 0 and other.returncode == 0, other.stderr
+    dice = [float(next(csv.DictReader((tmp_path / f).open()))["liver_dice"]) for f in ("a.csv", "b.csv")]
+    assert dice[0] == pytest.approx(2 * 360 / (360 + 480)) and dice[1] == dice[0]

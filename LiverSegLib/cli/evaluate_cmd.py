@@ -196,6 +196,14 @@ def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) ->
     for name, (pred_path, gt_path) in zip(_case_names(pairs), pairs, strict=True):
         pred, gt = read_volume(pred_path), read_volume(gt_path)
         if not pred.same_grid(gt):
+            # The same voxels may be stored in another axis order or direction (e.g. a reference NIfTI with its
+            # rows reversed against the DICOM it was made from): compare both in the canonical LPS array order.
+            from LiverSegLib.pipeline.orientation import to_canonical
+
+            pred_c, gt_c = to_canonical(pred)[0], to_canonical(gt)[0]
+            if pred_c.same_grid(gt_c):
+                pred, gt = pred_c, gt_c
+        if not pred.same_grid(gt):
             raise InputError(f"{pred_path} and {gt_path} are not on the same grid ({_grid_difference(pred, gt)}); "
                              "resample the prediction onto the reference grid")
         p = _canonical_labels(pred.array_zyx, *pred_labels, pred_path, "pred")
