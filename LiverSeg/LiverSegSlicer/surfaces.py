@@ -28,7 +28,7 @@ import vtk
 from vtk.util import numpy_support
 
 from LiverSegLib.errors import InputError
-from LiverSegLib.outputs.surfaces import labelmap_surface, write_surface
+from LiverSegLib.outputs.surfaces import labelmap_surface, outward_normals, write_surface
 from LiverSegLib.types import Volume
 
 from .segmentation_writer import BINARY_LABELMAP, ensureConverterRules
@@ -50,23 +50,15 @@ def _fileStem(name: str, taken: set[str]) -> str:
 
 def _orientedMesh(polyData: vtk.vtkPolyData, lps: bool) -> vtk.vtkPolyData:
     """``polyData`` (RAS) in LPS when asked, with consistent outward normals (a mirror flips the winding)."""
-    last: vtk.vtkAlgorithm | None = None
-    if lps:
-        transform = vtk.vtkTransform()
-        transform.Scale(-1.0, -1.0, 1.0)
-        last = vtk.vtkTransformPolyDataFilter()
-        last.SetTransform(transform)
-        last.SetInputData(polyData)
-    normals = vtk.vtkPolyDataNormals()
-    if last is None:
-        normals.SetInputData(polyData)
-    else:
-        normals.SetInputConnection(last.GetOutputPort())
-    normals.SplittingOff()  # splitting duplicates points at sharp edges and would open the mesh
-    normals.ConsistencyOn()
-    normals.AutoOrientNormalsOn()
-    normals.Update()
-    return normals.GetOutput()
+    if not lps:
+        return outward_normals(polyData)
+    transform = vtk.vtkTransform()
+    transform.Scale(-1.0, -1.0, 1.0)
+    toLps = vtk.vtkTransformPolyDataFilter()
+    toLps.SetTransform(transform)
+    toLps.SetInputData(polyData)
+    toLps.Update()
+    return outward_normals(toLps.GetOutput())
 
 
 def exportSurfaces(segmentationNode, folder, fileFormat: str = "STL", coordinateSystem: str = "LPS",

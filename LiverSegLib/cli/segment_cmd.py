@@ -73,7 +73,7 @@ def _segment(args: argparse.Namespace, reporter) -> dict:
                  else Predictor(args.model, device=args.device))
     load_s = time.perf_counter() - t0
     result = predictor.predict(volume, progress=reporter, lesion_threshold=args.lesion_threshold,
-                               quick=getattr(args, "quick", False))
+                               quick=args.quick)
     result.timings_s = {"read": read_s, "load_model": load_s, **result.timings_s}
     for warning in result.warnings:
         reporter.log(f"warning: {warning}")

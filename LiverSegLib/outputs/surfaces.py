@@ -19,7 +19,7 @@ from vtkmodules.vtkIOGeometry import vtkOBJWriter, vtkSTLWriter
 from LiverSegLib.errors import InputError
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, LabelInfo, Volume
 
-__all__ = ["export_surfaces", "labelmap_surface", "write_surface", "SURFACE_FORMATS"]
+__all__ = ["export_surfaces", "labelmap_surface", "outward_normals", "write_surface", "SURFACE_FORMATS"]
 
 SURFACE_FORMATS = ("stl", "obj")
 
@@ -90,10 +90,20 @@ def labelmap_surface(labelmap: Volume, values: Iterable[int], smoothing_iteratio
         smoother.NonManifoldSmoothingOn()
         last = smoother
 
-    # a mirroring direction (det < 0) flips triangle winding: re-orient so STL facets and normals face outward
+    last.Update()
+    return outward_normals(last.GetOutput())
+
+
+def outward_normals(mesh: vtkPolyData) -> vtkPolyData:
+    """``mesh`` with consistently ordered, outward-facing triangles and normals.
+
+    A mirroring transform (determinant < 0, e.g. RAS <-> LPS or a flipped direction) reverses the triangle winding;
+    STL readers take facet orientation from the winding. Points are never split at sharp edges, which would open
+    the mesh.
+    """
     normals = vtkPolyDataNormals()
-    normals.SetInputConnection(last.GetOutputPort())
-    normals.SplittingOff()  # splitting duplicates points at sharp edges and would open the mesh
+    normals.SetInputData(mesh)
+    normals.SplittingOff()
     normals.ConsistencyOn()
     normals.AutoOrientNormalsOn()
     normals.Update()

@@ -207,7 +207,7 @@ class Predictor:
         spacing = spacing_override or stage.spacing_xyz
         native = all(s is None for s in spacing)
         if native:
-            grid = np.asarray(crop, dtype=np.float32).copy() if crop.dtype == np.float32 else crop.astype(np.float32)
+            grid = np.array(crop, dtype=np.float32)  # always a copy: normalised in place below
             np.nan_to_num(grid, copy=False, nan=stage.hu_window[0])
             centres = np.arange(box.start[0] - z0, box.stop[0] - z0)
         else:
