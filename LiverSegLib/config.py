@@ -15,7 +15,10 @@ from LiverSegLib._paths import resources_dir
 from LiverSegLib.errors import ModelError
 from LiverSegLib.types import LabelInfo
 
-__all__ = ["NetworkSpec", "StageConfig", "CascadeConfig", "ModelConfig", "TERMINOLOGY", "default_labels"]
+__all__ = ["NORMALIZATIONS", "NetworkSpec", "StageConfig", "CascadeConfig", "ModelConfig", "TERMINOLOGY",
+           "default_labels"]
+
+NORMALIZATIONS = ("window", "histeq")
 
 # SNOMED CT codes as used by Slicer's terminology and Slicer-Liver (shared/DESIGN.md).
 TERMINOLOGY: dict[str, dict[str, Any]] = {
@@ -62,7 +65,9 @@ class StageConfig:
             or ``[0, 1, 2]``.
         hu_window: intensities are clipped to this HU range and scaled to [-1, 1].
         spacing_xyz: grid the stage runs on in mm; ``None`` for an axis keeps the native spacing.
-        context_slices: number of adjacent axial slices given as channels (Han: 5).
+        context_slices: number of adjacent axial slices given as channels (Han: 5; 1 for a 2D or 3D network).
+        normalization: ``"window"`` (clip to ``hu_window``, scale to [-1, 1]; Han, Yang) or ``"histeq"`` (clip, then
+            histogram-equalise each axial slice and scale to [-1, 1]; the Mixed U-Net's preprocessing).
         batch_cpu / batch_cuda: slices per forward pass on each kind of device.
     """
 
@@ -75,6 +80,7 @@ class StageConfig:
     context_slices: int = 5
     batch_cpu: int = 8
     batch_cuda: int = 64
+    normalization: str = "window"
 
     def __post_init__(self) -> None:
         if self.hu_window[0] >= self.hu_window[1]:
@@ -83,6 +89,8 @@ class StageConfig:
             raise ModelError(f"context_slices must be odd and positive, got {self.context_slices}")
         if 0 not in self.classes or len(set(self.classes)) != len(self.classes):
             raise ModelError(f"classes must list distinct label values including 0, got {list(self.classes)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ModelError(f"normalization must be one of {', '.join(NORMALIZATIONS)}, got {self.normalization!r}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> StageConfig:
@@ -97,11 +105,15 @@ class StageConfig:
             context_slices=int(pre.get("context_slices", 5)),
             batch_cpu=int(d.get("batch_cpu", 8)),
             batch_cuda=int(d.get("batch_cuda", 64)),
+            normalization=str(pre.get("normalization", "window")),
         )
 
     def preprocessing_dict(self) -> dict[str, Any]:
-        return {"hu_window": list(self.hu_window), "spacing_xyz": list(self.spacing_xyz),
-                "context_slices": self.context_slices}
+        d = {"hu_window": list(self.hu_window), "spacing_xyz": list(self.spacing_xyz),
+             "context_slices": self.context_slices}
+        if self.normalization != "window":  # omitted when default: checkpoints written before the field still match
+            d["normalization"] = self.normalization
+        return d
 
     @property
     def has_lesion(self) -> bool:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,9 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
         what = "is empty" if not head else "is not a torch checkpoint (unknown file type)"
         raise ModelError(f"model file {path.name} {what}; reinstall it or name a LiverSeg checkpoint")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the refusal below says it all
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "global" in str(exc).lower():
             # weights_only refuses any global it does not know: the file wants to run code or build custom objects.

@@ -22,7 +22,7 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
 
-_COMMAND_MODULES = ("segment_cmd", "evaluate_cmd", "models_cmd", "demo_cmd")
+_COMMAND_MODULES = ("segment_cmd", "evaluate_cmd", "models_cmd", "train_cmd", "demo_cmd")
 
 
 class _Parser(argparse.ArgumentParser):

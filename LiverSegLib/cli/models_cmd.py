@@ -1,4 +1,4 @@
-"""``liverseg models list|verify``: the model catalogue and the integrity of its weight files."""
+"""``liverseg models list|verify|import``: the model catalogue, its weight files, and adding trained models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 
 from LiverSegLib.errors import InputError, ModelError
 
-__all__ = ["add_parser", "run_list", "run_verify"]
+__all__ = ["add_parser", "run_list", "run_verify", "run_import"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     vp = msub.add_parser("verify", help="check every weight file's sha256 and that it loads without pickle")
     vp.add_argument("ids", nargs="*", help="model ids (default: all)")
     vp.set_defaults(func=run_verify)
+    ip = msub.add_parser("import", help="add a trained checkpoint (e.g. from 'liverseg train') to your catalogue")
+    ip.add_argument("checkpoint", type=str, metavar="CKPT", help="a LiverSeg checkpoint file")
+    ip.add_argument("--id", required=True, dest="model_id", help="the model id to list it under")
+    ip.add_argument("--title", help="a title for 'liverseg models list'")
+    ip.add_argument("--overwrite", action="store_true", help="replace your model with the same id")
+    ip.set_defaults(func=run_import)
 
 
 def run_list(args: argparse.Namespace) -> int:
@@ -62,4 +68,15 @@ def run_verify(args: argparse.Namespace) -> int:
                 failures.append(f"{model_id}/{role}")
     if failures:
         raise InputError(f"{len(failures)} weight file(s) failed verification: {', '.join(failures)}")
+    return 0
+
+
+def run_import(args: argparse.Namespace) -> int:
+    from LiverSegLib._paths import home_dir
+    from LiverSegLib.model_import import import_checkpoint
+
+    entry = import_checkpoint(args.checkpoint, args.model_id, overwrite=args.overwrite, title=args.title)
+    stages = "coarse+fine" if "fine" in entry["stages"] else "single"
+    print(f"imported {args.model_id} ({stages}, sha256 {entry['stages']['coarse']['sha256'][:12]}...) into "
+          f"{home_dir() / 'models.json'}; use it with 'liverseg segment CT --model {args.model_id}'")
     return 0

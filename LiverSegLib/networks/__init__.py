@@ -7,11 +7,19 @@ from typing import Any
 from torch import nn
 
 from LiverSegLib.errors import ModelError
+from LiverSegLib.networks.di2in import DI2IN
+from LiverSegLib.networks.discriminator import Discriminator
 from LiverSegLib.networks.han_resunet import HanResUNet2p5D
+from LiverSegLib.networks.mixed_unet import MixedPool2d, MixedUNet
 
-__all__ = ["HanResUNet2p5D", "NETWORKS", "build_network"]
+__all__ = ["DI2IN", "Discriminator", "HanResUNet2p5D", "MixedPool2d", "MixedUNet", "NETWORKS", "build_network"]
 
-NETWORKS: dict[str, type[nn.Module]] = {"HanResUNet2p5D": HanResUNet2p5D}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "DI2IN": DI2IN,
+    "Discriminator": Discriminator,
+    "HanResUNet2p5D": HanResUNet2p5D,
+    "MixedUNet": MixedUNet,
+}
 
 
 def build_network(name: str, kwargs: dict[str, Any]) -> nn.Module:

@@ -22,9 +22,9 @@ from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
 from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
-from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+from LiverSegLib.pipeline.resample import stage_shape
 from LiverSegLib.pipeline.sampling import sample_to_native
-from LiverSegLib.pipeline.stage import StageModel, normalize_hu
+from LiverSegLib.pipeline.stage import StageModel, stage_grid
 from LiverSegLib.postprocess import largest_component, lesion_table, prune_lesions
 from LiverSegLib.registry import Registry, load_registry
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, SegmentationResult, Volume
@@ -189,8 +189,7 @@ class Predictor:
         spacing = spacing_override or stage.spacing_xyz
         shape = stage_shape(canonical.array_zyx.shape, canonical.spacing_xyz, spacing)
         report("coarse", 0.0)
-        grid = resample_to_shape(canonical.array_zyx, shape, hu_window=stage.hu_window)
-        normalize_hu(grid, stage.hu_window)
+        grid = stage_grid(canonical.array_zyx, canonical.spacing_xyz, stage, spacing)
         out = self.coarse.predict(grid, np.arange(shape[0]), lambda f: report("coarse", f))
         return out.foreground, shape
 
@@ -202,24 +201,21 @@ class Predictor:
         nz = canonical.array_zyx.shape[0]
         z0, z1 = max(0, box.start[0] - half), min(nz, box.stop[0] + half)  # neighbours for the 2.5D stacks
         (_, ys, xs) = box.slices
-        crop = canonical.array_zyx[z0:z1, ys, xs]
         report("fine", 0.0)
         spacing = spacing_override or stage.spacing_xyz
         native = all(s is None for s in spacing)
-        if native:
-            grid = np.array(crop, dtype=np.float32)  # always a copy: normalised in place below
-            np.nan_to_num(grid, copy=False, nan=stage.hu_window[0])
-            centres = np.arange(box.start[0] - z0, box.stop[0] - z0)
-        else:
-            target = stage_shape(crop.shape, canonical.spacing_xyz, spacing)
-            grid = resample_to_shape(crop, target, hu_window=stage.hu_window)
-            centres = np.arange(target[0])
-        normalize_hu(grid, stage.hu_window)
+        # Histogram equalisation is defined on whole axial slices (as in training): such a stage sees full slices.
+        full_slices = stage.normalization == "histeq"
+        crop = canonical.array_zyx[z0:z1] if full_slices else canonical.array_zyx[z0:z1, ys, xs]
+        grid = stage_grid(crop, canonical.spacing_xyz, stage, spacing)
+        centres = np.arange(box.start[0] - z0, box.stop[0] - z0) if native else np.arange(grid.shape[0])
         out = self.fine.predict(grid, centres, lambda f: report("fine", f))
         if native:
+            if full_slices:
+                return out.foreground[:, ys, xs], (out.lesion[:, ys, xs] if out.lesion is not None else None)
             return out.foreground, out.lesion
         scale = np.asarray(crop.shape, float) / np.asarray(grid.shape, float)
-        origin = (z0, box.start[1], box.start[2])
+        origin = (z0, 0, 0) if full_slices else (z0, box.start[1], box.start[2])
         fg = sample_to_native(out.foreground, origin, scale, box)
         lesion = sample_to_native(out.lesion, origin, scale, box) if out.lesion is not None else None
         return fg, lesion

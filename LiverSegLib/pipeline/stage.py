@@ -11,13 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch convention
+from torch import nn
 
 from LiverSegLib.config import StageConfig
 from LiverSegLib.errors import ModelError
 from LiverSegLib.networks import build_network
 from LiverSegLib.weights import load_checkpoint
 
-__all__ = ["StageModel", "StageOutput", "normalize_hu", "stage_config_dict"]
+__all__ = ["StageModel", "StageOutput", "normalize_hu", "histogram_equalize", "normalize_input", "stage_grid",
+           "stage_config_dict"]
+
+# Grey levels of the histogram equalisation (the Mixed U-Net's S; 8-bit images in the paper).
+HISTEQ_LEVELS = 256
 
 
 def normalize_hu(array: np.ndarray | torch.Tensor, hu_window: tuple[float, float]):
@@ -29,6 +34,61 @@ def normalize_hu(array: np.ndarray | torch.Tensor, hu_window: tuple[float, float
     array -= (lo + hi) / 2
     array *= 2.0 / (hi - lo)
     return array
+
+
+def histogram_equalize(normalized_zyx: np.ndarray, levels: int = HISTEQ_LEVELS) -> np.ndarray:
+    """Histogram-equalise each axial slice of a [-1, 1] windowed volume, in place, back to [-1, 1].
+
+    The Mixed U-Net's formula ``h(x) = round((cdf(x) - cdf_min) / (N - cdf_min) * (S - 1))`` per slice, with ``N``
+    the pixels of the slice and ``S`` grey levels, scaled to [-1, 1]. Per slice, as the paper equalises 2D images;
+    the pipeline equalises whole slices before cropping the liver box so training and inference see the same
+    mapping. A constant slice maps to -1.
+    """
+    edges = np.linspace(-1.0, 1.0, levels + 1, dtype=np.float32)[1:-1]
+    for z in range(normalized_zyx.shape[0]):
+        plane = normalized_zyx[z]
+        bins = np.searchsorted(edges, plane, side="right")
+        cdf = np.cumsum(np.bincount(bins.ravel(), minlength=levels)).astype(np.float64)
+        cdf_min = cdf[cdf > 0][0] if cdf[-1] else 0.0
+        denom = cdf[-1] - cdf_min
+        if denom <= 0:
+            plane[...] = -1.0
+            continue
+        lut = np.round((cdf - cdf_min) / denom * (levels - 1)).clip(0, levels - 1) / (levels - 1) * 2.0 - 1.0
+        plane[...] = lut.astype(np.float32)[bins]
+    return normalized_zyx
+
+
+def normalize_input(array: np.ndarray, stage: StageConfig) -> np.ndarray:
+    """A stage's input normalisation in place on a float32 HU array: the HU window, then optional equalisation."""
+    normalize_hu(array, stage.hu_window)
+    if stage.normalization == "histeq":
+        histogram_equalize(array)
+    return array
+
+
+def stage_grid(array_zyx: np.ndarray, spacing_xyz: tuple[float, float, float], stage: StageConfig,
+               target_xyz: tuple[float | None, float | None, float | None] | None = None,
+               normalize: bool = True) -> np.ndarray:
+    """A (canonical) HU volume brought to a stage's grid and normalised: what the network sees.
+
+    The volume is clipped to the HU window and resampled a few slices at a time, then scaled to [-1, 1] and, with
+    the ``histeq`` normalisation, equalised slice by slice on the stage grid. Training and inference both call
+    this, so they cannot drift apart.
+
+    Args:
+        array_zyx: HU values, any dtype (never modified).
+        spacing_xyz: its spacing.
+        stage: the stage whose preprocessing applies.
+        target_xyz: the grid's spacing (default: the stage's ``spacing_xyz``; ``None`` per axis = native).
+        normalize: ``False`` returns the clipped HU values on the grid (training keeps HU to insert synthetic
+            lesions, then calls :func:`normalize_input` on each sample).
+    """
+    from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+
+    target = stage.spacing_xyz if target_xyz is None else target_xyz
+    grid = resample_to_shape(array_zyx, stage_shape(array_zyx.shape, spacing_xyz, target), hu_window=stage.hu_window)
+    return normalize_input(grid, stage) if normalize else grid
 
 
 def stage_config_dict(stage: StageConfig) -> dict:
@@ -66,8 +126,6 @@ class StageModel:
     """
 
     def __init__(self, stage: StageConfig, weights_path: Path, device: torch.device, verify: bool = True) -> None:
-        self.stage = stage
-        self.device = device
         ckpt = load_checkpoint(weights_path, stage.sha256 if verify else None)
         described = _as_json(ckpt["config"])
         expected = _as_json(stage_config_dict(stage))
@@ -83,10 +141,23 @@ class StageModel:
         except RuntimeError as exc:
             detail = " ".join(" ".join(str(exc).split()).split(":")[1:])[:300]
             raise ModelError(f"checkpoint {Path(weights_path).name} does not fit its network: {detail}") from None
-        if getattr(net, "in_channels", stage.context_slices) != stage.context_slices:
+        self._setup(stage, net, device)
+
+    @classmethod
+    def from_network(cls, stage: StageConfig, net: nn.Module, device: torch.device) -> StageModel:
+        """Wrap a network already in memory (e.g. during training, for validation) without a checkpoint."""
+        model = cls.__new__(cls)
+        model._setup(stage, net, device)
+        return model
+
+    def _setup(self, stage: StageConfig, net: nn.Module, device: torch.device) -> None:
+        self.stage = stage
+        self.device = device
+        self.spatial_dims = int(getattr(net, "spatial_dims", 2))
+        if self.spatial_dims == 2 and getattr(net, "in_channels", stage.context_slices) != stage.context_slices:
             raise ModelError(f"network takes {net.in_channels} slices but the config gives {stage.context_slices}")
         self.net = net.to(device).eval()
-        if device.type == "cuda":
+        if device.type == "cuda" and self.spatial_dims == 2:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.size_multiple = int(getattr(net, "size_multiple", 1))
         self.lesion_channel = stage.classes.index(2) if 2 in stage.classes else None
@@ -100,9 +171,12 @@ class StageModel:
                 progress: Callable[[float], None] | None = None) -> StageOutput:
         """Run the network on the axial slices ``z_indices`` of a normalised volume on this stage's grid.
 
-        Neighbouring slices outside the volume repeat the edge slice. Returns probabilities for the chosen
+        A 2D/2.5D network sees each slice with its neighbours (slices outside the volume repeat the edge slice); a
+        3D network sees the whole grid (sliding windows when it is large). Returns probabilities for the chosen
         slices only, shape ``(len(z_indices), Y, X)``.
         """
+        if self.spatial_dims == 3:
+            return self._predict_3d(normalized_zyx, np.asarray(z_indices), progress)
         nz, ny, nx = normalized_zyx.shape
         m = self.size_multiple
         pad_y, pad_x = (-ny) % m, (-nx) % m
@@ -130,4 +204,30 @@ class StageModel:
                 lesion[start:start + len(centres)] = probs[:, self.lesion_channel].half().cpu().numpy()
             if progress is not None:
                 progress(min(1.0, (start + len(centres)) / len(z_indices)))
+        return StageOutput(fg, lesion)
+
+    def _predict_3d(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
+                    progress: Callable[[float], None] | None) -> StageOutput:
+        """Whole-volume inference of a 3D network (DI2IN) with MONAI's sliding-window inferer.
+
+        Windows of ``roi`` voxels (240 x 480 x 480 mm at 3 mm: a whole abdomen in one window for most scans), padded
+        with air (-1) to the network's size multiple; overlapping windows are blended with gaussian weights.
+        """
+        from monai.inferers import sliding_window_inference
+
+        m = self.size_multiple
+        roi = [max(m, -(-min(dim, cap) // m) * m) for dim, cap in zip(normalized_zyx.shape, (80, 160, 160),
+                                                                        strict=True)]
+        volume = torch.from_numpy(np.ascontiguousarray(normalized_zyx, dtype=np.float32))[None, None]
+        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext())
+        with autocast:
+            logits = sliding_window_inference(
+                volume, roi_size=roi, sw_batch_size=1, predictor=self.net, overlap=0.25, mode="gaussian",
+                padding_mode="constant", cval=-1.0, sw_device=self.device, device=torch.device("cpu"),
+                progress=False)
+        probs = torch.softmax(logits.float(), dim=1)[0][:, torch.from_numpy(z_indices)]
+        fg = (1.0 - probs[0]).half().numpy()
+        lesion = probs[self.lesion_channel].half().numpy() if self.lesion_channel is not None else None
+        if progress is not None:
+            progress(1.0)
         return StageOutput(fg, lesion)
