@@ -160,3 +160,23 @@ def test_models_import_then_segment_by_id(phantom_folder, tmp_path):
     bad.write_bytes(b"\x80\x04\x95" + b"cos\nsystem\n" + b"\x00" * 8)
     assert_one_line_error(_liverseg("models", "import", bad, "--id", "evil", env=env), "evil.pt")
     assert [m["id"] for m in json.loads((tmp_path / "home" / "models.json").read_text())["models"]] == ["my-liver"]
+
+
+def test_folds_train_one_run_per_fold_and_report_every_case(phantom_folder, tmp_path):
+    out = tmp_path / "cv"
+    proc = _liverseg("train", "cascade_fine", "--data", phantom_folder, "--out", out, "--folds", "2",
+                     "--max-steps", "2", "--device", "cpu", "--progress", "none",
+                     *_sets(["stage.network.kwargs.features=[4,8,16]", "sampler.crop=32", "sampler.batch=2",
+                             "synthetic_lesions=null", "validate_every=2"]), env=cli_env(tmp_path / "home"))
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(out / "validation.csv")
+    assert sorted(r["case"] for r in rows) == ["p0", "p1", "p2", "p3"]  # each case validated exactly once
+    assert sorted({r["fold"] for r in rows}) == ["0", "1"]
+    for k in (0, 1):
+        meta = json.loads((out / f"fold{k}" / "config.json").read_text())
+        assert meta["name"] == "cascade_fine" and (out / f"fold{k}" / "model.pt").is_file()
+    held_out = {r["case"] for r in _rows(out / "fold0" / "validation.csv")}
+    import torch
+
+    trained_on = set(torch.load(out / "fold0" / "model.pt", weights_only=True)["metadata"]["train_cases"])
+    assert held_out and not held_out & trained_on

@@ -101,7 +101,8 @@ def test_supervised_training_lowers_the_loss_and_keeps_the_best_model(tmp_path):
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    cfg = load_train_config("cascade_fine", TINY_HAN + ["steps=6"])
+    cfg = load_train_config("cascade_fine", TINY_HAN + ["steps=6", "sampler.scale_range=[0.8,1.25]",
+                                                       "sampler.rotate_deg=10", "sampler.intensity_jitter=[0.1,0.1]"])
     cases = _cases(cfg.stage, 2)
     full = Trainer(cfg, cases, [], tmp_path / "a", torch.device("cpu"), bar=False)
     full.run()
@@ -136,6 +137,27 @@ def test_synthetic_lesions_reach_the_samples_and_stay_in_the_liver():
     # every synthetic lesion voxel lies inside the original liver of its case
     for i, (box, _, label, _) in sampler.synth._store.items():
         assert (np.asarray(cases[i].label[box])[label == 2] == 1).all()
+
+
+def test_monai_augmentation_zooms_rotates_flips_and_jitters_consistently():
+    from LiverSegLib.training.augment import Augmenter
+
+    image = np.full((5, 64, 64), -1.0, np.float32)
+    image[:, 16:48, 8:30] = 0.5  # an off-centre block
+    label = np.zeros((1, 64, 64), np.uint8)
+    label[0, 16:48, 8:30] = 1
+    aug = Augmenter({"scale_range": [0.7, 1.3], "rotate_deg": 15, "flip": True, "intensity_jitter": [0.1, 0.1]}, 2, 0)
+    flipped = 0
+    for _ in range(20):
+        img, lab = aug(image.copy(), label.copy())
+        assert img.shape == image.shape and lab.shape == label.shape and set(np.unique(lab)) <= {0, 1}
+        assert img[:, 0, 0].std() < 1e-6  # the corner stays air (border padding), jittered by one gain/offset
+        inside = lab[0] == 1
+        assert inside.sum() > 200 and img[2][inside].mean() > img[2][~inside].mean() + 0.5  # label follows image
+        flipped += int(lab[0, :, 40:].sum() > lab[0, :, :24].sum())  # block moved to the other side
+    assert 3 <= flipped <= 17
+    off = Augmenter({"flip": False}, 2, 0)
+    assert off(image, label)[0] is image
 
 
 def test_volume_sampler_crops_and_pads():

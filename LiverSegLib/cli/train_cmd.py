@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
 
     pairs = list_cases(args.data)
     val_pairs = list_cases(args.val) if args.val else []
-    _check_out(args.out, args.resume, args.overwrite)
+    _check_out(args.out, args.resume, args.overwrite, folds=bool(args.folds))
     info, device = init_distributed(resolve_device(args.device))
     try:
         if args.folds:
@@ -70,19 +70,25 @@ def run(args: argparse.Namespace) -> int:
             rows = []
             for k, (train_names, val_names) in enumerate(split_folds(names, args.folds, config.seed)):
                 fold_out = args.out / f"fold{k}"
+                if args.resume and (fold_out / "summary.json").is_file():  # this fold finished before the stop
+                    with open(fold_out / "validation.csv", newline="") as f:
+                        rows += list(csv.DictReader(f))
+                    continue
+                resume = args.resume and (fold_out / "training_state.pt").is_file()
                 rows += _train_one(args, config, [p for p in pairs if p.name in train_names],
                                    [p for p in pairs if p.name in val_names], fold_out, label_map, info, device,
-                                   fold=k)
+                                   fold=k, resume=resume)
             if info.is_main:
                 _write_table(args.out / "validation.csv", rows)
         else:
-            _train_one(args, config, pairs, val_pairs, args.out, label_map, info, device)
+            _train_one(args, config, pairs, val_pairs, args.out, label_map, info, device, resume=args.resume)
     finally:
         shutdown(info)
     return 0
 
 
-def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info, device, fold=None) -> list[dict]:
+def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info, device, fold=None,
+               resume=False) -> list[dict]:
     from LiverSegLib.training.cases import prepare_cached
     from LiverSegLib.training.datasets import load_pair
     from LiverSegLib.training.distributed import barrier
@@ -108,7 +114,7 @@ def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info,
         (out / "config.json").write_text(config.to_json() + "\n")
     meta = {"data": str(args.data), "train_cases": [c.name for c in train_cases],
             "val_cases": [c.name for c in val_cases], "fold": fold}
-    trainer = Trainer(config, train_cases, val_cases, out, device, info, args.max_steps, args.resume, args.init,
+    trainer = Trainer(config, train_cases, val_cases, out, device, info, args.max_steps, resume, args.init,
                       bar=args.progress == "bar", metadata=meta)
     summary = trainer.run()
     rows = []
@@ -119,9 +125,9 @@ def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info,
     return rows
 
 
-def _check_out(out: Path, resume: bool, overwrite: bool) -> None:
+def _check_out(out: Path, resume: bool, overwrite: bool, folds: bool = False) -> None:
     if resume:
-        if not (out / "training_state.pt").is_file():
+        if not any((d / "training_state.pt").is_file() for d in ([out, *out.glob("fold*")] if folds else [out])):
             raise InputError(f"--resume: {out} holds no training_state.pt to continue from")
         return
     if out.exists() and not out.is_dir():

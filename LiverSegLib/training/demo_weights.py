@@ -16,19 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from LiverSegLib.config import CascadeConfig, ModelConfig, NetworkSpec, StageConfig
 from LiverSegLib.data.phantoms import make_phantom
 from LiverSegLib.data.samples import load_case
-from LiverSegLib.training.han_trainer import HanRecipe, train_stage
-from LiverSegLib.training.slices import PreparedCase, SliceSampler, prepare_case
+from LiverSegLib.pipeline.stage import stage_config_dict
+from LiverSegLib.training.cases import PreparedCase, prepare_case
+from LiverSegLib.training.train_config import TrainConfig, load_train_config
+from LiverSegLib.training.trainer import Trainer
+from LiverSegLib.weights import sha256_file
 
-__all__ = ["REAL_CASES", "coarse_stage", "fine_stage", "demo_cascade", "build_cases", "score_case", "main"]
+__all__ = ["REAL_CASES", "coarse_stage", "fine_stage", "demo_cascade", "demo_recipe", "build_cases", "score_case",
+           "main"]
 
 # Real cases with a liver reference, and how often the sampler draws from each (the 3-slice case is small).
 REAL_CASES = {"ts_example_ct": 3.0, "lits117": 3.0, "ts_example_dicom": 1.5, "dcmqi_3slice": 0.5}
@@ -44,6 +49,10 @@ COARSE_SPACING = (2.0, 2.0, 2.5)
 # 40 to 130 HU stand in for the variety of LiTS.
 INTENSITY_JITTER = (0.2, 0.1)
 PHANTOM_LIVER_HU = (40.0, 130.0)
+# Synthetic lesions (LiverSegLib.training.synth_lesions) pasted into half of the fine stage's samples: the real data
+# holds one case with lesions (lits117), far too few for the lesion class; hypo- and hyperdense, 3-15 mm radius.
+SYNTH_LESIONS = {"apply_probability": 0.5, "reuse": 8, "n_lesions": [1, 4], "radius_mm": [3.0, 15.0],
+                 "hu_shift": [-70.0, -15.0], "rim_probability": 0.3}
 
 
 def coarse_stage(weights: str = "demo_coarse.pt", sha256: str = "0" * 64) -> StageConfig:
@@ -70,8 +79,7 @@ def demo_cascade() -> CascadeConfig:
                          coarse_threshold=0.5, lesion_threshold=0.8)
 
 
-def build_cases(stage: StageConfig, merge_lesion: bool, leave_out: str | None, n_phantoms: int,
-                seed: int) -> list[PreparedCase]:
+def build_cases(stage: StageConfig, leave_out: str | None, n_phantoms: int, seed: int) -> list[PreparedCase]:
     """Real cases (minus ``leave_out``) and phantoms, prepared on the stage's grid."""
     cases = []
     for name, weight in REAL_CASES.items():
@@ -82,28 +90,52 @@ def build_cases(stage: StageConfig, merge_lesion: bool, leave_out: str | None, n
         except Exception as exc:  # noqa: BLE001 - the shared 3-slice case may be absent on a user's machine
             print(f"skipping {name}: {exc}")
             continue
-        cases.append(prepare_case(name, ct, label, stage.hu_window, stage.spacing_xyz, merge_lesion, weight))
+        cases.append(prepare_case(name, ct, label, stage, weight))
     rng = np.random.default_rng(seed)
     for i in range(n_phantoms):
         inplane = float(rng.uniform(0.75, 1.8))
         shape = (int(rng.integers(24, 48)), int(360 / inplane) // 2 * 2, int(400 / inplane) // 2 * 2)
         ct, label = make_phantom(shape_zyx=shape, spacing_xyz=(inplane, inplane, float(rng.uniform(1.5, 3.5))),
                                  seed=seed * 1000 + i, n_lesions=(1, 5), liver_hu_range=PHANTOM_LIVER_HU)
-        cases.append(prepare_case(f"phantom{i}", ct, label, stage.hu_window, stage.spacing_xyz, merge_lesion,
-                                  2.0 / max(1, n_phantoms)))
+        cases.append(prepare_case(f"phantom{i}", ct, label, stage, 2.0 / max(1, n_phantoms)))
     return cases
+
+
+def demo_recipe(role: str, epochs: int, steps: int, lr: float, seed: int, synth: bool = True) -> TrainConfig:
+    """The demo model's recipe: Han's (``Resources/configs/cascade_*.json``) scaled to three real cases.
+
+    Deviations, all for the tiny data: narrow networks, ``lr`` 1e-2 instead of 1e-3 (a few hundred steps instead of
+    50 LiTS epochs), an "epoch" of ``steps`` steps, in-plane zoom and intensity jitter, synthetic lesions (fine).
+    """
+    stage = coarse_stage() if role == "coarse" else fine_stage()
+    d = stage_config_dict(stage)
+    base = load_train_config(f"cascade_{role}").raw
+    sampler = ({"kind": "slices", "batch": 12, "crop": 128, "liver_slices_only": False, "foreground_prob": 0.7,
+                "scale_range": [0.9, 1.1], "intensity_jitter": list(INTENSITY_JITTER), "flip": True}
+               if role == "coarse" else
+               {"kind": "slices", "batch": 8, "crop": 112, "liver_slices_only": True, "foreground_prob": 0.7,
+                "scale_range": [0.6, 1.6], "intensity_jitter": list(INTENSITY_JITTER), "flip": True})
+    raw = {**base, "name": f"demo_{role}",
+           "stage": {**d, "batch_cpu": stage.batch_cpu, "batch_cuda": stage.batch_cuda},
+           "sampler": sampler, "synthetic_lesions": SYNTH_LESIONS if role == "fine" and synth else None,
+           "optimizer": {**base["optimizer"], "lr": lr}, "scheduler": {"name": "step", "every": steps, "gamma": 0.9},
+           "steps": epochs * steps, "validate_every": epochs * steps, "seed": seed}
+    return TrainConfig.from_dict(raw, source=f"demo {role} recipe")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="folder for demo_coarse.pt and demo_fine.pt")
     p.add_argument("--leave-out", choices=sorted(REAL_CASES), help="hold this real case out and evaluate on it")
+    p.add_argument("--stages", default="coarse,fine",
+                   help="stages to train (e.g. 'fine' keeps the demo_coarse.pt already in --out)")
     p.add_argument("--coarse-epochs", type=int, default=20)
     p.add_argument("--fine-epochs", type=int, default=30)
     p.add_argument("--steps", type=int, default=40, help="steps per epoch")
     # 1e-2, not Han's 1e-3: a few hundred steps instead of 50 LiTS epochs (see the model card)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--phantoms", type=int, default=12)
+    p.add_argument("--no-synthetic-lesions", action="store_true", help="train the fine stage without them")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--catalogue", type=Path, help="write this models.json for the trained weights")
     p.add_argument("--loo-dir", type=Path, help="folder with loo_*.json fold results to quote in the catalogue")
@@ -115,24 +147,20 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(score_case(args.out, case), default=float))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
-    base = HanRecipe(steps_per_epoch=args.steps, lr=args.lr, seed=args.seed)
     meta = {"data": [n for n in REAL_CASES if n != args.leave_out] + [f"{args.phantoms} phantoms"],
             "leave_out": args.leave_out}
     t0 = time.perf_counter()
-    shas = {}
-    for role, stage, merge, recipe, sampler_kw in (
-        ("coarse", coarse_stage(), True,
-         replace(base, class_weights=(0.2, 1.2), batch=12, crop=128, epochs=args.coarse_epochs),
-         {"liver_slices_only": False, "scale_range": (0.9, 1.1), "intensity_jitter": INTENSITY_JITTER}),
-        ("fine", fine_stage(), False, replace(base, batch=8, crop=112, epochs=args.fine_epochs),
-         {"liver_slices_only": True, "scale_range": (0.6, 1.6), "intensity_jitter": INTENSITY_JITTER}),
-    ):
-        cases = build_cases(stage, merge, args.leave_out, args.phantoms, args.seed)
-        print(f"{role}: {len(cases)} cases: " + ", ".join(f"{c.name}{c.image.shape}" for c in cases))
-        sampler = SliceSampler(cases, crop=recipe.crop, seed=args.seed, **sampler_kw)
-        _, shas[role] = train_stage(stage, sampler, recipe, str(args.out / f"demo_{role}.pt"),
-                                    {**meta, "role": role}, log=lambda s, r=role: print(f"[{r}] {s}", flush=True))
-    print(json.dumps({"sha256": shas, "train_seconds": round(time.perf_counter() - t0, 1)}))
+    roles = [r.strip() for r in args.stages.split(",") if r.strip()]
+    for role in roles:
+        cfg = demo_recipe(role, args.coarse_epochs if role == "coarse" else args.fine_epochs, args.steps, args.lr,
+                          args.seed, synth=not args.no_synthetic_lesions)
+        cases = build_cases(cfg.stage, args.leave_out, args.phantoms, args.seed)
+        print(f"{role}: {len(cases)} cases: " + ", ".join(f"{c.name}{c.image.shape}" for c in cases), flush=True)
+        run_dir = args.out / f"run_{role}"
+        Trainer(cfg, cases, [], run_dir, torch.device("cpu"), bar=False, metadata={**meta, "role": role}).run()
+        os.replace(run_dir / "model.pt", args.out / f"demo_{role}.pt")
+    shas = {role: sha256_file(args.out / f"demo_{role}.pt") for role in ("coarse", "fine")}
+    print(json.dumps({"sha256": shas, "trained": roles, "train_seconds": round(time.perf_counter() - t0, 1)}))
     if args.leave_out:
         scores = score_case(args.out, args.leave_out)
         (args.out / f"loo_{args.leave_out}.json").write_text(json.dumps(scores, indent=1, default=float))

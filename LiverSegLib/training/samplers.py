@@ -1,7 +1,8 @@
 """Random training batches: 2D/2.5D slice stacks (Han, Mixed U-Net) and 3D crops (DI2IN).
 
 Every sample is normalised with the predictor's own :func:`~LiverSegLib.pipeline.stage.normalize_input` (on whole
-slices, so histogram equalisation matches inference), then cropped, zoomed, flipped and intensity-jittered.
+slices, so histogram equalisation matches inference), cropped, then augmented with MONAI transforms
+(:mod:`LiverSegLib.training.augment`: zoom, rotation, flips, intensity jitter).
 
 Distributed training: every rank builds the same weighted order of cases for an "epoch" (a pass of
 ``len(cases)`` draws, seeded by the epoch number) and takes its own share of it, as
@@ -15,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F  # noqa: N812 - torch convention
 
 from LiverSegLib.config import StageConfig
 from LiverSegLib.pipeline.stage import normalize_input
+from LiverSegLib.training.augment import Augmenter
 from LiverSegLib.training.cases import PreparedCase
 
 __all__ = ["CaseStream", "SynthLesionCache", "SliceSampler", "VolumeSampler", "build_sampler"]
@@ -109,7 +110,9 @@ def _read(case: PreparedCase, synth, zs: np.ndarray, ys: slice, xs: slice) -> tu
 
 
 class _Sampler:
-    """What both samplers share: case choice, synthetic lesions, normalisation and intensity jitter."""
+    """What both samplers share: case choice, synthetic lesions, MONAI augmentation."""
+
+    spatial_dims = 2
 
     def __init__(self, cases: list[PreparedCase], stage: StageConfig, cfg: dict[str, Any],
                  synth: dict[str, Any] | None, seed: int, rank: int, world_size: int) -> None:
@@ -118,9 +121,8 @@ class _Sampler:
         self.cases, self.stage, self.cfg = cases, stage, cfg
         self.batch = int(cfg.get("batch", 8))
         self.fg_prob = float(cfg.get("foreground_prob", 0.7))
-        self.jitter = tuple(cfg.get("intensity_jitter", (0.0, 0.0)))
-        self.flip = bool(cfg.get("flip", True))
         self.rng = np.random.default_rng([seed, rank, 1])
+        self.augment = Augmenter(cfg, self.spatial_dims, seed * 1000 + rank)
         self.stream = CaseStream([c.weight for c in cases], seed, rank, world_size)
         self.synth = SynthLesionCache(synth, self.rng) if synth else None
 
@@ -129,13 +131,6 @@ class _Sampler:
         case = self.cases[i]
         return i, case, (self.synth.get(i, case) if self.synth is not None else None)
 
-    def _normalise(self, image: np.ndarray) -> np.ndarray:
-        normalize_input(image, self.stage)
-        shift, gain = self.jitter
-        if shift or gain:
-            image *= np.float32(1.0 + self.rng.uniform(-gain, gain))
-            image += np.float32(self.rng.uniform(-shift, shift))
-        return image
 
     def _centre(self, label: np.ndarray) -> np.ndarray | None:
         """A random labelled voxel (with probability ``foreground_prob``) to centre the crop on."""
@@ -156,14 +151,14 @@ class SliceSampler(_Sampler):
     """2D/2.5D samples: ``(B, context_slices, crop, crop)`` stacks and the centre slice's ``(B, crop, crop)`` label.
 
     Sampler config keys: ``batch``, ``crop`` (pixels), ``liver_slices_only`` (Han's fine model), ``foreground_prob``,
-    ``scale_range`` (in-plane zoom), ``intensity_jitter`` (``[shift, gain]`` in normalised units), ``flip``.
+    and the augmentation keys of :class:`~LiverSegLib.training.augment.Augmenter`.
     """
 
-    def __init__(self, cases, stage, cfg, synth=None, seed=0, rank=0, world_size=1) -> None:
+    def __init__(self, cases: list[PreparedCase], stage: StageConfig, cfg: dict[str, Any],
+                 synth: dict[str, Any] | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(cases, stage, cfg, synth, seed, rank, world_size)
         crop = cfg.get("crop", 128)
         self.crop = int(crop[-1] if isinstance(crop, list) else crop)
-        self.scale_range = tuple(cfg.get("scale_range", (1.0, 1.0)))
         self.half = stage.context_slices // 2
         only = bool(cfg.get("liver_slices_only", False))
         self.slices = []
@@ -174,14 +169,12 @@ class SliceSampler(_Sampler):
     def _one(self) -> tuple[np.ndarray, np.ndarray]:
         i, case, synth = self._pick()
         nz, ny, nx = case.image.shape
-        slices = self.slices[i]
-        z = int(self.rng.choice(slices))
+        z = int(self.rng.choice(self.slices[i]))
         idx = np.clip(np.arange(z - self.half, z + self.half + 1), 0, nz - 1)
         stack, labels = _read(case, synth, idx, slice(0, ny), slice(0, nx))
-        stack = self._normalise(stack)  # whole slices: equalisation as at inference
+        stack = normalize_input(stack, self.stage)  # whole slices: equalisation as at inference
         lab = labels[self.half]
-        scale = float(self.rng.uniform(*self.scale_range))
-        size = max(8, int(round(self.crop / scale)))  # region that becomes the crop after zoom
+        size = self.crop
         c = self._centre(lab)
         if c is not None:
             y0 = int(c[0]) - size // 2 + int(self.rng.integers(-size // 4, size // 4 + 1))
@@ -190,25 +183,22 @@ class SliceSampler(_Sampler):
             y0 = int(self.rng.integers(min(0, ny - size), max(0, ny - size) + 1))
             x0 = int(self.rng.integers(min(0, nx - size), max(0, nx - size) + 1))
         stack = _crop(stack, (0, y0, x0), (stack.shape[0], size, size), -1.0)
-        lab = _crop(lab[None], (0, y0, x0), (1, size, size), 0)[0]
-        if size != self.crop:
-            stack = F.interpolate(torch.from_numpy(stack)[None], size=(self.crop, self.crop), mode="bilinear",
-                                  align_corners=False)[0].numpy()
-            lt = torch.from_numpy(lab)[None, None].float()
-            lab = F.interpolate(lt, size=(self.crop, self.crop), mode="nearest-exact")[0, 0].numpy().astype(np.uint8)
-        if self.flip and self.rng.random() < 0.5:  # left-right
-            stack, lab = stack[..., ::-1], lab[..., ::-1]
-        return np.ascontiguousarray(stack, dtype=np.float32), np.ascontiguousarray(lab)
+        lab = _crop(lab[None], (0, y0, x0), (1, size, size), 0)
+        stack, lab = self.augment(stack, lab)
+        return np.ascontiguousarray(stack, dtype=np.float32), np.ascontiguousarray(lab[0])
 
 
 class VolumeSampler(_Sampler):
     """3D samples: ``(B, 1, Z, Y, X)`` crops and ``(B, Z, Y, X)`` labels (DI2IN at 3 mm).
 
     Sampler config keys: ``batch``, ``crop`` (``[z, y, x]`` voxels; a crop larger than the case is padded with air),
-    ``foreground_prob``, ``intensity_jitter``, ``flip``.
+    ``foreground_prob``, and the augmentation keys of :class:`~LiverSegLib.training.augment.Augmenter`.
     """
 
-    def __init__(self, cases, stage, cfg, synth=None, seed=0, rank=0, world_size=1) -> None:
+    spatial_dims = 3
+
+    def __init__(self, cases: list[PreparedCase], stage: StageConfig, cfg: dict[str, Any],
+                 synth: dict[str, Any] | None = None, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
         super().__init__(cases, stage, cfg, synth, seed, rank, world_size)
         self.crop = tuple(int(c) for c in cfg.get("crop", (64, 128, 128)))
 
@@ -225,13 +215,12 @@ class VolumeSampler(_Sampler):
         start = np.clip(start, np.minimum(0, shape - size), np.maximum(0, shape - size))
         z0, z1 = max(0, start[0]), min(shape[0], start[0] + size[0])
         image, label = _read(case, synth, np.arange(z0, z1), slice(0, shape[1]), slice(0, shape[2]))
-        image = self._normalise(image)
+        image = normalize_input(image, self.stage)
         offset = (start[0] - z0, start[1], start[2])
         image = _crop(image, offset, tuple(size), -1.0)
         label = _crop(label, offset, tuple(size), 0)
-        if self.flip and self.rng.random() < 0.5:
-            image, label = image[..., ::-1], label[..., ::-1]
-        return np.ascontiguousarray(image[None], dtype=np.float32), np.ascontiguousarray(label)
+        image, label = self.augment(image[None], label[None])
+        return np.ascontiguousarray(image, dtype=np.float32), np.ascontiguousarray(label[0])
 
 
 def build_sampler(cases: list[PreparedCase], stage: StageConfig, cfg: dict[str, Any],

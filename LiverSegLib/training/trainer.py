@@ -266,6 +266,7 @@ class Trainer:
                  "sched": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
                  "sampler_rng": json.dumps(self.sampler.rng.bit_generator.state),
                  "stream": [self.sampler.stream.epoch, list(self.sampler.stream._queue)],
+                 "augment_rng": json.dumps(self.sampler.augment.get_state()),
                  "torch_rng": torch.get_rng_state()}
         if self.disc is not None and self.opt_d is not None:
             state.update(disc=self.disc.state_dict(), opt_d=self.opt_d.state_dict())
@@ -302,6 +303,7 @@ class Trainer:
         self.sampler.rng.bit_generator.state = json.loads(state["sampler_rng"])
         self.sampler.stream.epoch, queue = state["stream"]
         self.sampler.stream._queue = [int(i) for i in queue]
+        self.sampler.augment.set_state(json.loads(state["augment_rng"]))
         torch.set_rng_state(state["torch_rng"])
 
     def validation_table(self) -> list[dict]:
