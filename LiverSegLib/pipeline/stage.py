@@ -14,7 +14,7 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from torch import nn
 
 from LiverSegLib.config import StageConfig
-from LiverSegLib.errors import ModelError
+from LiverSegLib.errors import LiverSegError, ModelError
 from LiverSegLib.networks import build_network
 from LiverSegLib.weights import load_checkpoint
 
@@ -65,6 +65,12 @@ def normalize_input(array: np.ndarray, stage: StageConfig) -> np.ndarray:
     if stage.normalization == "histeq":
         histogram_equalize(array)
     return array
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA out-of-memory error, or the CPU allocator failing (torch raises a RuntimeError for that)."""
+    return isinstance(exc, torch.OutOfMemoryError) or "can't allocate memory" in str(exc) or \
+        "out of memory" in str(exc).lower()
 
 
 def stage_grid(array_zyx: np.ndarray, spacing_xyz: tuple[float, float, float], stage: StageConfig,
@@ -161,10 +167,15 @@ class StageModel:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.size_multiple = int(getattr(net, "size_multiple", 1))
         self.lesion_channel = stage.classes.index(2) if 2 in stage.classes else None
+        self._batch_override: int | None = None
+        self.warnings: list[str] = []  # what this stage had to change to finish (out-of-memory fallbacks)
 
     @property
     def batch_size(self) -> int:
-        return self.stage.batch_cuda if self.device.type == "cuda" else self.stage.batch_cpu
+        """Slices per forward pass: the config's for the device, or less after an out-of-memory error."""
+        if self._batch_override is not None:
+            return self._batch_override
+        return max(1, self.stage.batch_cuda if self.device.type == "cuda" else self.stage.batch_cpu)
 
     @torch.inference_mode()
     def predict(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
@@ -178,33 +189,67 @@ class StageModel:
         if self.spatial_dims == 3:
             return self._predict_3d(normalized_zyx, np.asarray(z_indices), progress)
         nz, ny, nx = normalized_zyx.shape
-        m = self.size_multiple
-        pad_y, pad_x = (-ny) % m, (-nx) % m
         volume = torch.from_numpy(np.ascontiguousarray(normalized_zyx, dtype=np.float32))
         half = self.stage.context_slices // 2
         offsets = np.arange(-half, half + 1)
         fg = np.empty((len(z_indices), ny, nx), np.float16)
         lesion = np.empty_like(fg) if self.lesion_channel is not None else None
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext())
-        bs = max(1, self.batch_size)
-        for start in range(0, len(z_indices), bs):
-            centres = np.asarray(z_indices[start:start + bs])
+        start = 0
+        while start < len(z_indices):
+            centres = np.asarray(z_indices[start:start + self.batch_size])
             idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)
-            batch = volume[torch.from_numpy(idx)]  # (B, C, Y, X)
-            if pad_y or pad_x:  # pad with the window's minimum (air) so padding looks like outside the body
-                batch = F.pad(batch, (0, pad_x, 0, pad_y), value=-1.0)
-            batch = batch.to(self.device, non_blocking=True)
-            if self.device.type == "cuda":
-                batch = batch.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                logits = self.net(batch)
-            probs = torch.softmax(logits.float(), dim=1)[:, :, :ny, :nx]
+            try:
+                probs = self._probabilities(volume[torch.from_numpy(idx)])  # (B, C, Y, X) slice stacks
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                self._shrink_after_out_of_memory()
+                continue  # the same slices again, with a smaller batch or on the CPU
             fg[start:start + len(centres)] = (1.0 - probs[:, 0]).half().cpu().numpy()
             if lesion is not None:
                 lesion[start:start + len(centres)] = probs[:, self.lesion_channel].half().cpu().numpy()
+            start += len(centres)
             if progress is not None:
-                progress(min(1.0, (start + len(centres)) / len(z_indices)))
+                progress(min(1.0, start / len(z_indices)))
         return StageOutput(fg, lesion)
+
+    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        """Softmax of the network over a CPU batch of slice stacks, cropped back from the size-multiple padding."""
+        ny, nx = batch.shape[-2:]
+        m = self.size_multiple
+        pad_y, pad_x = (-ny) % m, (-nx) % m
+        if pad_y or pad_x:  # pad with the window's minimum (air) so padding looks like outside the body
+            batch = F.pad(batch, (0, pad_x, 0, pad_y), value=-1.0)
+        batch = batch.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext()
+        with autocast:
+            logits = self.net(batch)
+        return torch.softmax(logits.float(), dim=1)[:, :, :ny, :nx]
+
+    def _shrink_after_out_of_memory(self) -> None:
+        """Out of memory: halve the slice batch; at one slice, move this stage from the GPU to the CPU.
+
+        A run never ends for want of GPU memory while the CPU can do the work; what happened is reported in
+        :attr:`warnings` (and so in the result).
+        """
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.batch_size > 1:
+            self._batch_override = max(1, self.batch_size // 2)
+            note = f"out of memory on {self.device}: {self.stage.network.name} batch reduced to {self._batch_override}"
+        elif self.device.type != "cpu":
+            self.net = self.net.to(torch.device("cpu"), memory_format=torch.contiguous_format)
+            self.device = torch.device("cpu")
+            self._batch_override = None
+            note = f"GPU out of memory even one slice at a time: the {self.stage.network.name} stage ran on the CPU"
+        else:
+            raise LiverSegError("not enough memory to run the network even one slice at a time; close other "
+                                "programs or use --quick") from None
+        # one line per stage and kind: the latest batch size replaces the earlier ones
+        self.warnings = [w for w in self.warnings if "batch reduced" not in w or "batch reduced" not in note]
+        self.warnings.append(note)
 
     def _predict_3d(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
                     progress: Callable[[float], None] | None) -> StageOutput:
@@ -219,12 +264,20 @@ class StageModel:
         roi = [max(m, -(-min(dim, cap) // m) * m) for dim, cap in zip(normalized_zyx.shape, (80, 160, 160),
                                                                         strict=True)]
         volume = torch.from_numpy(np.ascontiguousarray(normalized_zyx, dtype=np.float32))[None, None]
-        autocast = (torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext())
-        with autocast:
-            logits = sliding_window_inference(
-                volume, roi_size=roi, sw_batch_size=1, predictor=self.net, overlap=0.25, mode="gaussian",
-                padding_mode="constant", cval=-1.0, sw_device=self.device, device=torch.device("cpu"),
-                progress=False)
+        while True:
+            autocast = torch.autocast("cuda", dtype=torch.float16) if self.device.type == "cuda" else nullcontext()
+            try:
+                with autocast:
+                    logits = sliding_window_inference(
+                        volume, roi_size=roi, sw_batch_size=1, predictor=self.net, overlap=0.25, mode="gaussian",
+                        padding_mode="constant", cval=-1.0, sw_device=self.device, device=torch.device("cpu"),
+                        progress=False)
+                break
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+                self._batch_override = 1  # one window at a time already: the next step is the CPU
+                self._shrink_after_out_of_memory()
         probs = torch.softmax(logits.float(), dim=1)[0][:, torch.from_numpy(z_indices)]
         fg = (1.0 - probs[0]).half().numpy()
         lesion = probs[self.lesion_channel].half().numpy() if self.lesion_channel is not None else None

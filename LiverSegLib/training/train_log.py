@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["TrainLog"]
 
 COLUMNS = ("step", "phase", "lr", "loss", "loss_d", "loss_adv", "val_dice_liver", "val_dice_lesion", "seconds")
@@ -89,7 +91,11 @@ class TrainLog:
         for key, label in (("loss", "train loss"), ("loss_d", "discriminator loss"), ("loss_adv", "adversarial")):
             pts = series(key)
             if pts:
-                ax1.plot(*zip(*pts, strict=True), label=label, lw=0.8)
+                steps, values = (np.asarray(v, float) for v in zip(*pts, strict=True))
+                line = ax1.plot(steps, values, lw=0.5, alpha=0.35)[0]
+                k = max(1, len(values) // 50)  # running mean over ~2 % of the run: the trend through the noise
+                smooth = np.convolve(values, np.ones(k) / k, mode="valid")
+                ax1.plot(steps[k - 1:], smooth, color=line.get_color(), lw=1.2, label=label)
         ax1.set_xlabel("step")
         ax1.set_yscale("log")
         if ax1.lines:
