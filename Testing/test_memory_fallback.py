@@ -86,3 +86,19 @@ def test_other_runtime_errors_are_not_mistaken_for_memory():
     with pytest.raises(RuntimeError, match="shape mismatch"):
         model.predict(_grid(), np.arange(4))
     assert model.warnings == []
+
+
+def test_the_result_reports_the_fallback(tmp_path):
+    from cli_fixtures import SHAPE, SPACING, make_tiny_checkpoint
+
+    from LiverSegLib.data.phantoms import make_phantom
+    from LiverSegLib.pipeline.predictor import Predictor
+
+    predictor = Predictor.from_checkpoint(make_tiny_checkpoint(tmp_path), device="cpu")
+    ct, _ = make_phantom(SHAPE, SPACING, seed=3)
+    before = predictor.predict(ct)
+    predictor.fine.net = _Flaky(predictor.fine.net, limit=2)
+    after = predictor.predict(ct)
+    assert np.array_equal(before.labelmap.array_zyx, after.labelmap.array_zyx)
+    assert not any("out of memory" in w for w in before.warnings)
+    assert any("batch reduced to 2" in w for w in after.warnings) and after.details["device"] == "cpu"

@@ -21,7 +21,8 @@ from LiverSegLib.config import ModelConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
-from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
+from LiverSegLib.pipeline.orientation import to_canonical
+from LiverSegLib.pipeline.reorient import labelmap_to_original, needs_resampling, to_axial_grid
 from LiverSegLib.pipeline.resample import stage_shape
 from LiverSegLib.pipeline.sampling import sample_to_native
 from LiverSegLib.pipeline.stage import StageModel, stage_grid
@@ -115,10 +116,12 @@ class Predictor:
         warning = ct_intensity_warning(volume.array_zyx)
         if warning:
             warnings.append(warning)
-        obliquity = obliquity_deg(volume.direction)
-        if obliquity > 20.0:
-            warnings.append(f"the image axes are {obliquity:.0f} degrees oblique to the patient axes; slices are "
-                            "processed as if axial")
+        if needs_resampling(volume):  # oblique: segment on an axial grid, labels mapped back (reorient.py)
+            axial, to_original = to_axial_grid(volume)
+            resample_s = time.perf_counter() - t0
+            result = self.predict(axial, progress, lesion_threshold, quick)
+            result.timings_s["resample"] = resample_s
+            return labelmap_to_original(result, volume, to_original)
         canonical, orientation = to_canonical(volume)
         timings["prepare"] = time.perf_counter() - t0
 
@@ -167,9 +170,10 @@ class Predictor:
             model_id=self.model.id,
             model_version=self.model.version,
             timings_s=timings,
-            warnings=warnings,
+            # out-of-memory fallbacks of either stage (they last for this predictor's life, so they are repeated)
+            warnings=warnings + [w for m in (self.coarse, self.fine) if m is not None for w in m.warnings],
             details={
-                "device": str(self.device),
+                "device": ", ".join(sorted({str(m.device) for m in (self.coarse, self.fine) if m is not None})),
                 "lesion_threshold": threshold,
                 "lesions_removed_by_threshold": pruning[0],
                 "lesion_voxels_removed_by_threshold": pruning[1],
