@@ -2,15 +2,15 @@
 
 Built from a sampler config (the same keys for every recipe):
 
-- ``scale_range`` ``[lo, hi]``: random zoom factor per in-plane axis (``RandAffined``; Han's crops at varying
-  resolution, the Mixed U-Net's "reduce the image according to the specified scale factor");
-- ``rotate_deg``: random in-plane rotation within +-this many degrees (``RandAffined``; the Mixed U-Net's rotations);
+- ``scale_range`` ``[lo, hi]``: random isotropic zoom (``RandZoomd``; scans of different pixel size, the Mixed
+  U-Net's "reduce the image according to the specified scale factor");
+- ``rotate_deg``: random in-plane rotation within +-this many degrees (``RandRotated``; the Mixed U-Net's rotations);
 - ``flip``: left-right flips with probability 0.5 (``RandFlipd``; Han);
 - ``intensity_jitter`` ``[shift, gain]``: multiply by ``1 +- gain`` then add ``+- shift`` in normalised units
   (``RandScaleIntensityd``, ``RandShiftIntensityd``), so a model does not tie the liver to one contrast phase.
 
-The image is ``(C, *spatial)`` (a 2.5D stack's slices are channels), the label ``(1, *spatial)``. Affine resampling
-pads with the border value (air at the edge of a slice stays air) and labels are resampled by nearest neighbour.
+The image is ``(C, *spatial)`` (a 2.5D stack's slices are channels), the label ``(1, *spatial)``. Zoom and rotation
+pad with the edge value (air at the edge of a slice stays air) and resample labels by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -19,7 +19,15 @@ import math
 from typing import Any
 
 import numpy as np
-from monai.transforms import Compose, RandAffined, RandFlipd, Randomizable, RandScaleIntensityd, RandShiftIntensityd
+from monai.transforms import (
+    Compose,
+    RandFlipd,
+    Randomizable,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    RandZoomd,
+)
 
 __all__ = ["Augmenter"]
 
@@ -37,14 +45,14 @@ class Augmenter:
         keys = ["image", "label"]
         transforms = []
         lo, hi = (float(v) for v in cfg.get("scale_range", (1.0, 1.0)))
+        if (lo, hi) != (1.0, 1.0):
+            # one factor for every axis (scalar min/max): an isotropic zoom, as a different pixel size would give
+            transforms.append(RandZoomd(keys, prob=1.0, min_zoom=lo, max_zoom=hi, mode=("bilinear", "nearest"),
+                                        padding_mode="edge", keep_size=True))
         rot = math.radians(float(cfg.get("rotate_deg", 0.0)))
-        if (lo, hi) != (1.0, 1.0) or rot:
-            # MONAI's scale factor is 1 + a value drawn from the range; axes are (y, x) or (z, y, x)
-            inplane = (lo - 1.0, hi - 1.0)
-            scale = [inplane, inplane] if spatial_dims == 2 else [(0.0, 0.0), inplane, inplane]
-            rotate = [(-rot, rot)] if spatial_dims == 2 else [(-rot, rot), (0.0, 0.0), (0.0, 0.0)]
-            transforms.append(RandAffined(keys, prob=1.0, rotate_range=rotate if rot else None, scale_range=scale,
-                                          mode=("bilinear", "nearest"), padding_mode="border"))
+        if rot:  # in the axial plane: about the first spatial axis (z) of a (z, y, x) volume
+            transforms.append(RandRotated(keys, range_x=rot, prob=1.0, mode=("bilinear", "nearest"),
+                                          padding_mode="border", keep_size=True))
         if cfg.get("flip", True):
             transforms.append(RandFlipd(keys, prob=0.5, spatial_axis=spatial_dims - 1))  # x: left-right
         shift, gain = (float(v) for v in cfg.get("intensity_jitter", (0.0, 0.0)))
@@ -74,7 +82,7 @@ class Augmenter:
 
 
 def _generators(root: Randomizable) -> list[np.random.RandomState]:
-    """Every random generator inside a transform tree, in a fixed order (RandAffined nests two more)."""
+    """Every random generator inside a transform tree, in a fixed order (a transform may nest others)."""
     out, seen, stack = [], set(), [root]
     while stack:
         obj = stack.pop(0)
