@@ -8,10 +8,13 @@ never a mixture.
 from __future__ import annotations
 
 import csv
+import ctypes
+import errno
 import json
 import os
 import secrets
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -114,12 +117,41 @@ def _unique_dir(parent: Path, prefix: str, create: bool = True) -> Path:
     raise FileExistsError(f"no free temporary name in {parent}")
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the system or
+    the file system cannot, so that the caller falls back to two renames."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def _move_into_place(tmp: Path, out: Path) -> None:
-    """Rename ``tmp`` to ``out``; an existing ``out`` is first renamed to a backup and removed only afterwards."""
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # an empty folder (e.g. made by the caller) is simply replaced
-    if not out.exists():
+    """Rename ``tmp`` to ``out`` so that ``out`` always holds either the old results or the new ones.
+
+    An absent or empty ``out`` is replaced by one rename. Existing results are swapped with ``tmp`` in one atomic
+    step where the system can (Linux; the old results, then in ``tmp``, are removed afterwards); elsewhere ``out`` is
+    first renamed to a backup that is removed only afterwards (a kill between those two renames leaves the old
+    results in the hidden backup folder).
+    """
+    try:
         os.rename(tmp, out)
+        return
+    except OSError as exc:  # ``out`` holds results (or is a link): swap below
+        if not isinstance(exc, FileExistsError) and exc.errno not in (errno.ENOTEMPTY, errno.ENOTDIR):
+            raise
+    if not out.is_symlink() and _exchange(tmp, out):
+        shutil.rmtree(tmp, ignore_errors=True)  # the old results
         return
     backup = _unique_dir(out.parent, ".liverseg-old-", create=False)
     os.rename(out, backup)
