@@ -105,6 +105,13 @@ def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None)
     bad = [str(k) for k, v in ckpt["state_dict"].items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelError(f"{path.name} has state_dict entries that are not named tensors: {', '.join(bad[:5])}")
+    # A few bytes can describe a huge tensor (a stride-0 view of one stored value): converting it to float32 below
+    # would allocate all of it. Only dense tensors whose elements are all stored in the file are accepted.
+    odd = [k for k, v in ckpt["state_dict"].items() if v.layout != torch.strided or v.device.type != "cpu"
+           or v.numel() * v.element_size() > v.untyped_storage().nbytes()]
+    if odd:
+        raise ModelError(f"{path.name} has state_dict entries that are not plain stored tensors (sparse, meta, or "
+                         f"claiming more elements than the file holds): {', '.join(odd[:5])}")
     ckpt["state_dict"] = {
         k: v.float() if torch.is_floating_point(v) else v for k, v in ckpt["state_dict"].items()
     }

@@ -145,7 +145,8 @@ def test_models_import_then_segment_by_id(phantom_folder, tmp_path):
     entry = next(m for m in catalogue["models"] if m["id"] == "my-liver")
     from LiverSegLib.weights import sha256_file
 
-    assert entry["stages"]["coarse"]["sha256"] == sha256_file(tmp_path / "home" / "weights" / "my-liver.pt")
+    weights = tmp_path / "home" / "weights" / entry["stages"]["coarse"]["weights"]  # content-addressed name
+    assert entry["stages"]["coarse"]["sha256"] == sha256_file(weights)
     assert entry["stages"]["coarse"]["sha256"] == sha256_file(run / "model.pt")
     assert _liverseg("models", "verify", "my-liver", env=env).returncode == 0
     seg = tmp_path / "seg"

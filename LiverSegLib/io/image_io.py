@@ -7,8 +7,11 @@ single files the header is checked before any voxel memory is allocated.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -76,84 +79,184 @@ def _text_header(path: Path, limit: int = 65536) -> tuple[list[str], int]:
     """Lines of a text header and the byte offset just after it (first blank line, or end of what was read)."""
     with open(path, "rb") as fh:
         head = fh.read(limit)
-    end = head.find(b"\n\n")
-    body = head if end < 0 else head[: end + 1]
-    return body.decode("latin-1").splitlines(), (len(head) if end < 0 else end + 2)
+    match = re.search(rb"\r?\n\r?\n", head)  # NRRD allows CRLF line ends
+    body = head if match is None else head[: match.start() + 1]
+    return body.decode("latin-1").splitlines(), (len(head) if match is None else match.end())
 
 
-def _raw_data_extent(path: Path, fmt: str, reader: sitk.ImageFileReader) -> tuple[Path, int] | None:
-    """(file holding the voxels, offset of the voxels in it) when they are stored uncompressed, else None.
+# What an encoding needs on disk at least for n bytes of voxels (_check_declared_size): deflate (gzip, zlib) cannot
+# compress better than 1032:1, hex spends two characters per byte, and text at least one character per value.
+_DEFLATE_MAX_RATIO = 1032
+_NRRD_ENCODINGS = {"raw": "raw", "gzip": "deflate", "gz": "deflate", "hex": "hex", "ascii": "text", "text": "text",
+                   "txt": "text", "bzip2": "bzip2", "bz2": "bzip2"}
+# NIfTI datatype code -> bytes per voxel (niftilib reads the voxels by datatype; bitpix is only advisory)
+_NIFTI_BYTES = {2: 1, 4: 2, 8: 4, 16: 4, 32: 8, 64: 8, 128: 3, 256: 1, 512: 2, 768: 4, 1024: 8, 1280: 8, 1536: 16,
+                1792: 16, 2048: 32, 2304: 4}
 
-    Only uncompressed files can be compared with their header; compressed or multi-file layouts return None.
+
+def _ints(text: str) -> list[int]:
+    """Whitespace-separated integers, or [] when one is not (ITK may still parse the field its own way)."""
+    try:
+        return [int(v) for v in text.split()]
+    except ValueError:
+        return []
+
+
+def _data_layout(path: Path, fmt: str, reader: sitk.ImageFileReader) -> tuple[Path, int, str, list[int]] | None:
+    """Where the voxels are and how they are stored: (file, least offset of the voxels in it, encoding, the header's
+    own sizes or [] when ITK's are to be used).
+
+    The encoding is "raw", "deflate", "hex", "text" or "bzip2". Multi-file layouts and unknown encodings give None
+    (ITK's reader has the last word on them). Offsets err low, so that the checks built on them never refuse a
+    file ITK could read.
     """
     if fmt == "nifti":
-        if path.name.lower().endswith(".gz") or not reader.HasMetaDataKey("vox_offset"):
-            return None
-        return path, int(float(reader.GetMetaData("vox_offset")))
+        if path.name.lower().endswith(".gz"):
+            return path, 0, "deflate", []
+        vox_offset = float(reader.GetMetaData("vox_offset")) if reader.HasMetaDataKey("vox_offset") else 0.0
+        return path, int(vox_offset) if np.isfinite(vox_offset) and vox_offset > 0 else 0, "raw", []
     lines, header_end = _text_header(path)
     if fmt == "nrrd":
         fields = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:]) if v}
-        skip = int(fields.get("byte skip", "0"))
-        if fields.get("encoding", "raw") != "raw" or skip < 0 or int(fields.get("line skip", "0")) != 0:
-            return None
+        sizes = _ints(fields.get("sizes", ""))
+        encoding = _NRRD_ENCODINGS.get(fields.get("encoding", "raw").lower())
+        skip = int(fields.get("byte skip", "0"))  # -1: the voxels are the file's last bytes
+        skip = skip if skip > 0 and encoding == "raw" else 0  # (after decoding for other encodings)
         data_file = fields.get("data file", fields.get("datafile"))
-        if data_file is None:
-            return path, header_end + skip
-        if data_file.startswith("LIST") or " " in data_file:  # multi-file layouts are not checked
-            return None
-        return path.parent / data_file, skip
+        if encoding is None or (data_file is not None and (data_file.startswith("LIST") or " " in data_file)):
+            return None  # unknown encodings and multi-file layouts are not checked
+        return (path, header_end + skip, encoding, sizes) if data_file is None else \
+            (path.parent / data_file, skip, encoding, sizes)
     fields = {k.strip(): v.strip() for k, _, v in (ln.partition("=") for ln in lines) if v}
-    if fields.get("CompressedData", "False").lower() == "true" or int(fields.get("HeaderSize", "0")) != 0:
-        return None
+    sizes = _ints(fields.get("DimSize", ""))
+    encoding = "deflate" if fields.get("CompressedData", "False").lower() == "true" else "raw"
     data_file = fields.get("ElementDataFile", "LOCAL")
     if data_file == "LOCAL":
         with open(path, "rb") as fh:  # MetaImage data starts right after the ElementDataFile line
             head = fh.read(65536)
         start = head.find(b"ElementDataFile")
-        return (path, head.index(b"\n", start) + 1) if start >= 0 and b"\n" in head[start:] else None
+        return (path, head.index(b"\n", start) + 1, encoding, sizes) if start >= 0 and b"\n" in head[start:] \
+            else None
     if data_file.startswith("LIST") or "%" in data_file or " " in data_file:
         return None
-    return path.parent / data_file, 0
+    return path.parent / data_file, 0, encoding, sizes
 
 
-def _check_not_truncated(path: Path, fmt: str, reader: sitk.ImageFileReader) -> None:
+def _check_declared_size(path: Path, fmt: str, reader: sitk.ImageFileReader) -> None:
+    """Refuse a header whose voxel data cannot be in the file(s), before ITK allocates the image.
+
+    SimpleITK reports sizes in 32 bits (a header's 4294967297 reads as 1), so the header's own sizes are checked
+    too. Compressed and text encodings are bounded by the least number of bytes they can hold the voxels in.
+    """
     try:
-        extent = _raw_data_extent(path, fmt, reader)
-    except (ValueError, OSError):  # an odd header field: leave the verdict to ITK's reader
+        layout = _data_layout(path, fmt, reader)
+    except (ValueError, OverflowError, OSError):  # an odd header field: leave the verdict to ITK's reader
         return
-    if extent is None:
+    if layout is None:
         return
-    data_path, offset = extent
+    data_path, offset, encoding, sizes = layout
+    if any(not 0 < n < 2**31 for n in sizes):
+        raise InputError(f"{path} declares {'x'.join(map(str, sizes))} voxels, outside what a CT can be "
+                         f"(1 to {MAX_VOXELS}); the header is likely corrupt (re-export the image)")
+    if encoding == "bzip2":  # ITK's NRRD reader has no bzip2 decoder (it would fail after allocating the image)
+        raise InputError(f"{path} uses NRRD's bzip2 encoding, which cannot be read; re-save it with gzip or raw "
+                         "encoding")
     if not data_path.is_file():
         raise InputError(f"{path} refers to a voxel data file that does not exist: {data_path} (copy it alongside)")
-    if fmt == "nifti":  # ITK may report the scaled type (scl_slope), so use the stored bits per voxel
-        bytes_per_voxel = int(reader.GetMetaData("bitpix")) // 8
+    if fmt == "nifti":  # ITK may report the scaled type (scl_slope), so use the stored type
+        code = int(reader.GetMetaData("datatype")) if reader.HasMetaDataKey("datatype") else 0
+        bytes_per_voxel = _NIFTI_BYTES.get(code, int(reader.GetMetaData("bitpix")) // 8)
     else:
         bytes_per_voxel = _BYTES.get(reader.GetPixelID(), 0) * reader.GetNumberOfComponents()
+    values = int(np.prod(reader.GetSize(), dtype=np.int64)) * reader.GetNumberOfComponents()
     declared = int(np.prod(reader.GetSize(), dtype=np.int64)) * bytes_per_voxel
     available = data_path.stat().st_size - offset
-    if bytes_per_voxel and available < declared:
+    if encoding == "raw" and bytes_per_voxel and available < declared:
         raise InputError(f"{path} is truncated: its header declares {declared} bytes of voxel data but only "
                          f"{max(available, 0)} are there (re-export or re-copy the file)")
+    needed = {"deflate": -(-declared // _DEFLATE_MAX_RATIO), "hex": 2 * declared, "text": values}.get(encoding, 0)
+    if available < needed:
+        what = "compressed" if encoding == "deflate" else "text-encoded"
+        raise InputError(f"{path} is truncated or its header is corrupt: it declares {declared} bytes of voxel data, "
+                         f"more than its {max(available, 0)} bytes of {what} data can hold (re-export the image)")
+
+
+def _check_nifti_header(path: Path) -> None:
+    """Refuse what niftilib would either complain about on stderr or silently change: a number of dimensions
+    outside 1..7, a spatial size <= 0 (read as 1), an unknown datatype, or NaN/infinity in the voxel size or the
+    orientation in use (ITK would spill matrices on stderr, then read a NaN direction or refuse the file)."""
+    with open(path, "rb") as fh:
+        head = fh.read(65536)
+    if path.name.lower().endswith(".gz"):  # what a cut stream holds too (zlib's reader, as ITK's, goes that far)
+        try:
+            head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 540)
+        except zlib.error:  # not gzip: ITK's reader says why
+            return
+    head = head[:540]
+    if len(head) < 348:
+        return
+    nifti2 = next((e for e in "<>" if struct.unpack_from(e + "i", head)[0] == 540), None)
+    if nifti2 and len(head) == 540 and head[4:7] in (b"n+2", b"ni2"):  # NIfTI-2: 64-bit fields
+        end = nifti2
+        dims, (datatype,) = struct.unpack_from(end + "8q", head, 16), struct.unpack_from(end + "h", head, 12)
+        qcode, scode = struct.unpack_from(end + "ii", head, 344)
+        pixdim, quatern = struct.unpack_from(end + "8d", head, 104), struct.unpack_from(end + "6d", head, 352)
+        srow = struct.unpack_from(end + "12d", head, 400)
+    else:  # NIfTI-1 or Analyze; niftilib tells the byte order by dim[0]
+        end = next((e for e in "<>" if 1 <= struct.unpack_from(e + "h", head, 40)[0] <= 7), None)
+        if end is None:
+            raise InputError(f"{path} is not a valid NIfTI file: its header gives "
+                             f"{struct.unpack_from('<h', head, 40)[0]} dimensions (1 to 7 are possible); "
+                             "the header is corrupt (re-export the image)")
+        dims, (datatype,) = struct.unpack_from(end + "8h", head, 40), struct.unpack_from(end + "h", head, 70)
+        qcode, scode = struct.unpack_from(end + "hh", head, 252)
+        pixdim, quatern = struct.unpack_from(end + "8f", head, 76), struct.unpack_from(end + "6f", head, 256)
+        srow = struct.unpack_from(end + "12f", head, 280)
+    spatial = dims[1 : 1 + min(max(dims[0], 0), 3)]
+    if any(not 0 < n < 2**31 for n in spatial):
+        raise InputError(f"{path} declares {'x'.join(map(str, spatial))} voxels, outside what a CT can be "
+                         f"(1 to {MAX_VOXELS}); the header is likely corrupt (re-export the image)")
+    if datatype not in _NIFTI_BYTES:
+        raise InputError(f"{path} has an unknown NIfTI datatype code ({datatype}); the header is corrupt "
+                         "(re-export the image)")
+    used = list(pixdim[1 : 1 + len(spatial)]) + (list(quatern) if qcode > 0 else []) + \
+        (list(srow) if scode > 0 else [])
+    if not np.isfinite(used).all():
+        raise InputError(f"{path} has NaN or infinite values in its header's voxel size or orientation "
+                         "(pixdim/qform/sform); the header is corrupt (re-export the image)")
+
+
+@contextlib.contextmanager
+def _itk_warnings_off():
+    """ITK's warnings (e.g. 'Analyze file is deprecated') are multi-line stderr text; our refusals say what matters."""
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
 def _read_file(path: Path, fmt: str) -> tuple[sitk.Image, dict[str, Any]]:
     if path.stat().st_size == 0:
         raise InputError(f"input file is empty (0 bytes): {path} (re-export or re-copy it)")
+    if fmt == "nifti":
+        _check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        kind = _FORMAT_NAMES[fmt]
-        raise InputError(f"cannot read {path}: {_itk_message(exc)} (is it a valid {kind} image?)") from None
-    _check_image_kind(path, reader.GetDimension(), reader.GetSize(), reader.GetPixelID(),
-                      reader.GetNumberOfComponents())
-    _check_not_truncated(path, fmt, reader)
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read {path}: {_itk_message(exc)} (is the file complete?)") from None
+    with _itk_warnings_off():
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            kind = _FORMAT_NAMES[fmt]
+            raise InputError(f"cannot read {path}: {_itk_message(exc)} (is it a valid {kind} image?)") from None
+        _check_image_kind(path, reader.GetDimension(), reader.GetSize(), reader.GetPixelID(),
+                          reader.GetNumberOfComponents())
+        _check_declared_size(path, fmt, reader)
+        try:
+            image = reader.Execute()
+        except RuntimeError as exc:
+            raise InputError(f"cannot read {path}: {_itk_message(exc)} (is the file complete?)") from None
     return image, {"format": fmt, "path": str(path)}
 
 
@@ -239,6 +342,10 @@ def read_volume(path: str | os.PathLike) -> Volume:
                       image.GetNumberOfComponentsPerPixel())
     spacing, origin = image.GetSpacing(), image.GetOrigin()
     direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)  # row-major: columns = axes
+    if not (np.all(np.isfinite(spacing)) and min(spacing) > 0 and np.isfinite(origin).all()
+            and np.isfinite(direction).all()):
+        raise InputError(f"{p} has an invalid geometry (voxel size {'x'.join(f'{s:g}' for s in spacing)} mm, "
+                         "or a NaN/infinite origin or direction); the header is corrupt (re-export the image)")
     array = sitk.GetArrayFromImage(image)  # [k, j, i], native dtype
     del image  # the copy above is all we keep; free ITK's buffer now
     if not _has_finite_value(array):

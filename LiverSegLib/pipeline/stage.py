@@ -141,7 +141,10 @@ class StageModel:
                     f"checkpoint {Path(weights_path).name} was made for {key} {described.get(key)}, but the model "
                     f"config gives {expected[key]}; fix the catalogue entry or use the matching checkpoint"
                 )
-        net = build_network(stage.network.name, stage.network.kwargs)
+        try:
+            net = build_network(stage.network.name, stage.network.kwargs)
+        except ModelError as exc:
+            raise ModelError(f"checkpoint {Path(weights_path).name}: {exc}") from None
         try:
             net.load_state_dict(ckpt["state_dict"], strict=True)
         except RuntimeError as exc:
