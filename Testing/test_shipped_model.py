@@ -47,7 +47,7 @@ def test_cli_on_totalsegmentator_example_ct(tmp_path):
     seg = read_volume(out / "segmentation.nii.gz")
     assert seg.same_grid(read_volume(ct_path)) and seg.array_zyx.dtype == np.uint8
     scores = evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.85  # measured 0.852 (README, model card); the acceptance floor
+    assert scores["liver_dice"] >= 0.85  # measured 0.862 (README, model card); the acceptance floor
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["id"] == "han-demo"
     assert summary["liver_volume_ml"] == pytest.approx(np.count_nonzero(seg.array_zyx) * ct.voxel_volume_ml, rel=1e-3)

@@ -58,8 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"liverseg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("liverseg: interrupted; no output was written", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"liverseg: {getattr(exc, 'liverseg_message', 'interrupted; no output was written')}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - the last line of defence turns anything into one line
         if args.debug:

@@ -84,11 +84,15 @@ def _segment(args: argparse.Namespace, reporter) -> dict:
                        "size_xyz": list(volume.shape_xyz), "spacing_xyz": list(volume.spacing_xyz)}}
     paths = write_case_outputs(result, volume, outdir, surfaces=args.surfaces, overwrite=args.overwrite,
                                extra_summary=extra)
-    reporter("write", 1.0)
-    summary = result.summary()
-    summary["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
-    _record_write_time(Path(paths["summary"]), summary["timings_s"]["write"])
-    summary["outputs"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
+    try:
+        reporter("write", 1.0)
+        summary = result.summary()
+        summary["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
+        _record_write_time(Path(paths["summary"]), summary["timings_s"]["write"])
+        summary["outputs"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
+    except KeyboardInterrupt as exc:  # the results are complete and in place: say so instead of "nothing written"
+        exc.liverseg_message = f"interrupted after the complete results were written to {outdir}"
+        raise
     return summary
 
 

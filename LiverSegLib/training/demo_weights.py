@@ -181,8 +181,8 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
                 "classes": d["classes"], "preprocessing": d["preprocessing"], "batch_cpu": stage.batch_cpu,
                 "batch_cuda": stage.batch_cuda}
 
-    accuracy: dict = {"method": "leave-one-out over the real cases: each fold retrains both stages without the "
-                                "case with the same recipe and seed, then runs the whole cascade on it"}
+    accuracy: dict = {"method": "leave-one-out over the real cases: each fold trains the cascade without the case "
+                                "with the same recipe and seed, then runs the whole cascade on it"}
     for f in sorted((loo_dir or path.parent).glob("loo_*.json")) if loo_dir else []:
         r = json.loads(f.read_text())
         # NaN (e.g. lesion recall without reference lesions) is not JSON: written as null
@@ -191,10 +191,11 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
                                          "lesion_precision", "n_ref_lesions", "n_pred_lesions") if k in r}
     c = demo_cascade()
     entry = {
-        "id": "han-demo", "version": "0.1.0",
+        "id": "han-demo", "version": "0.2.0",
         "title": "Han 2.5D cascade, demo weights (NOT for clinical use)",
         "description": "Han 2017 coarse-to-fine 2.5D residual U-Net cascade trained on three permissively licensed "
-                       "real CTs and synthetic phantoms. A demonstration of the pipeline, not a clinical model.",
+                       "real CTs and synthetic phantoms; the fine stage also on synthetic lesions inserted into the "
+                       "real livers. A demonstration of the pipeline, not a clinical model.",
         "licence": "Apache-2.0 (weights trained by the LiverSeg project)",
         "training_data": "TotalSegmentator example CT and DICOM example (Apache-2.0, liver labels are "
                          "TotalSegmentator predictions), LiTS case 117 via liver-ct-segmentation-package (MIT, "
