@@ -25,6 +25,8 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from LiverSegLib.networks._checks import check_input
+
 __all__ = ["DI2IN"]
 
 
@@ -155,11 +157,7 @@ class DI2IN(nn.Module):
 
         Returns ``(final, *branches)`` in training mode and ``final`` alone in evaluation mode.
         """
-        if x.ndim != 5 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input of shape (N, {self.in_channels}, D, H, W), got {tuple(x.shape)}")
-        m = self.size_multiple
-        if any(s % m for s in x.shape[2:]):
-            raise ValueError(f"depth, height and width must be multiples of {m}, got {tuple(x.shape[2:])}")
+        check_input(x, self.in_channels, self.size_multiple, 3)
         skips = []
         for encoder in self.encoders:
             x = encoder(x)

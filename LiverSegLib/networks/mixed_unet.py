@@ -22,6 +22,8 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from monai.networks.blocks import Convolution
 from torch import nn
 
+from LiverSegLib.networks._checks import check_input
+
 __all__ = ["MixedPool2d", "MixedUNet"]
 
 _NORMS = {"BATCH", "INSTANCE"}
@@ -165,11 +167,7 @@ class MixedUNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Map ``(N, in_channels, H, W)`` slices to ``(N, out_channels, H, W)`` logits."""
-        if x.ndim != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        m = self.size_multiple
-        if x.shape[-2] % m or x.shape[-1] % m:
-            raise ValueError(f"height and width must be multiples of {m}, got {tuple(x.shape[-2:])}")
+        check_input(x, self.in_channels, self.size_multiple, 2)
         skips = []
         for encoder, pool in zip(self.encoders, self.pools, strict=True):
             x = encoder(x)
