@@ -121,9 +121,13 @@ def install_from_env():
 ZYGOTE = '''"""Imports torch and LiverSegLib once, then forks one CLI worker per request line on stdin."""
 import json
 import os
+import signal
 import sys
 import traceback
 
+# Ctrl-C as in a terminal even when the test run itself was started in the background (shells start background
+# jobs with SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 hookdir, repo, log = sys.argv[1:4]
 sys.path[:0] = [hookdir, repo]
 proto = os.fdopen(os.dup(1), "w", buffering=1)  # replies; stdout/stderr of this process go to the log
