@@ -25,7 +25,7 @@ import torch
 from monai.networks.blocks import Convolution
 from torch import nn
 
-from LiverSegLib.networks._checks import check_input
+from LiverSegLib.networks._checks import check_arguments, check_input
 
 __all__ = ["DI2IN"]
 
@@ -85,13 +85,7 @@ class DI2IN(nn.Module):
         negative_slope: float = 0.01,
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        if out_channels < 2:
-            raise ValueError(f"out_channels must be >= 2 (background plus at least one class), got {out_channels}")
-        features = tuple(int(f) for f in features)
-        if len(features) < 2 or any(f < 1 for f in features):
-            raise ValueError(f"features needs at least two positive widths, got {features}")
+        features = check_arguments(in_channels, out_channels, features)
         branch_levels = tuple(int(level) for level in branch_levels)
         if not branch_levels:
             raise ValueError("branch_levels needs at least one level")

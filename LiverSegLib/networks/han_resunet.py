@@ -25,7 +25,7 @@ import torch
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
-from LiverSegLib.networks._checks import check_input
+from LiverSegLib.networks._checks import check_arguments, check_input
 
 __all__ = ["HanResUNet2p5D"]
 
@@ -56,13 +56,7 @@ class HanResUNet2p5D(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels}")
-        if out_channels < 2:
-            raise ValueError(f"out_channels must be >= 2 (background plus at least one class), got {out_channels}")
-        features = tuple(int(f) for f in features)
-        if len(features) < 2 or any(f < 1 for f in features):
-            raise ValueError(f"features needs at least two positive widths, got {features}")
+        features = check_arguments(in_channels, out_channels, features)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         self.in_channels = in_channels
