@@ -271,11 +271,15 @@ class LiverSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statisticsTableView.setMRMLTableNode(table)
             self.ui.statisticsCollapsibleButton.collapsed = False
             value = table.GetAttribute
-            self._setStatus(_("Done in {seconds:.0f} s: liver {liver:.0f} mL, {count} lesion(s), {lesions:.1f} mL."
-                              ).format(seconds=time.monotonic() - self._startTime, count=value("LiverSeg.LesionCount"),
-                                       liver=float(value("LiverSeg.LiverVolumeMl")),
-                                       lesions=float(value("LiverSeg.LesionVolumeMl"))))
-            for warning in getattr(self.logic.lastResult, "warnings", ()):
+            status = _("Done in {seconds:.0f} s: liver {liver:.0f} mL, {count} lesion(s), {lesions:.1f} mL."
+                       ).format(seconds=time.monotonic() - self._startTime, count=value("LiverSeg.LesionCount"),
+                                liver=float(value("LiverSeg.LiverVolumeMl")),
+                                lesions=float(value("LiverSeg.LesionVolumeMl")))
+            warnings = list(getattr(self.logic.lastResult, "warnings", ()))
+            if warnings:  # e.g. an implausible liver volume: the status line points at the log, not only the log
+                status = _("{status} {count} warning(s): see the log.").format(status=status, count=len(warnings))
+            self._setStatus(status)
+            for warning in warnings:
                 self._appendLog(_("Warning: {warning}").format(warning=warning))
 
     # ------------------------------------------------------------------ export

@@ -127,32 +127,58 @@ class CascadeConfig:
     Args:
         margin_mm: margin added around the coarse liver's bounding box, per axis ``(x, y, z)`` in mm.
         min_liver_ml: a coarse liver smaller than this is not trusted: the fine stage runs on the whole volume.
-        fallback_on_inplane_edge: a coarse liver touching the in-plane field-of-view edge is not trusted
-            (body cut by the FOV, or the coarse model bleeding into the body wall): whole volume. A liver cut by
-            the first/last slice is normal (a scan range that stops at the dome) and only clips the box.
+        fallback_on_inplane_edge: ``True`` restores the old rule that a coarse liver touching the in-plane
+            field-of-view edge is not trusted (whole-volume fine stage). Off by default and in the shipped
+            catalogue: on 512 x 512 contrast CT the liver often touches the lateral/anterior edge legitimately, and
+            the whole-volume run then costs minutes and paints lesions across the body. Such a liver (or one cut by
+            the first/last slice) only clips the box to the volume.
         coarse_threshold: probability above which a coarse voxel is liver.
         lesion_threshold: a lesion component whose maximum lesion probability is below this is removed
             (Han 2017, section 4: 0.80).
         quick_spacing_xyz: grid of both stages in quick mode (``--quick``), for slow CPUs.
+        plausible_liver_l: ``(low, high)`` liver volume in litres (liver + lesions of the final labelmap); outside
+            it the result gets a warning (adult livers are about 1-2.5 L; less is normal when the field of view
+            cuts the liver). Only a warning: the segmentation is kept.
+        max_lesion_burden_percent: lesion volume as a percentage of liver + lesion volume above which the result
+            gets a warning.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
     min_liver_ml: float = 30.0
-    fallback_on_inplane_edge: bool = True
+    fallback_on_inplane_edge: bool = False
     coarse_threshold: float = 0.5
     lesion_threshold: float = 0.8
     quick_spacing_xyz: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    plausible_liver_l: tuple[float, float] = (0.5, 4.5)
+    max_lesion_burden_percent: float = 50.0
+
+    def __post_init__(self) -> None:
+        bounds = list(self.plausible_liver_l)
+        if len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1]:
+            raise ModelError(f"plausible_liver_l must be [low, high] litres with 0 <= low < high, got {bounds}")
+        if not 0.0 <= self.max_lesion_burden_percent <= 100.0:
+            raise ModelError(f"max_lesion_burden_percent must lie in [0, 100], got {self.max_lesion_burden_percent}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CascadeConfig:
         return cls(
             margin_mm=tuple(float(m) for m in d.get("margin_mm", (10.0, 10.0, 10.0))),
             min_liver_ml=float(d.get("min_liver_ml", 30.0)),
-            fallback_on_inplane_edge=bool(d.get("fallback_on_inplane_edge", True)),
+            fallback_on_inplane_edge=bool(d.get("fallback_on_inplane_edge", False)),
             coarse_threshold=float(d.get("coarse_threshold", 0.5)),
             lesion_threshold=float(d.get("lesion_threshold", 0.8)),
             quick_spacing_xyz=tuple(float(v) for v in d.get("quick_spacing_xyz", (3.0, 3.0, 3.0))),
+            plausible_liver_l=tuple(float(v) for v in d.get("plausible_liver_l", (0.5, 4.5))),
+            max_lesion_burden_percent=float(d.get("max_lesion_burden_percent", 50.0)),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The catalogue's ``cascade`` entry (what :meth:`from_dict` reads)."""
+        return {"margin_mm": list(self.margin_mm), "min_liver_ml": self.min_liver_ml,
+                "fallback_on_inplane_edge": self.fallback_on_inplane_edge, "coarse_threshold": self.coarse_threshold,
+                "lesion_threshold": self.lesion_threshold, "quick_spacing_xyz": list(self.quick_spacing_xyz),
+                "plausible_liver_l": list(self.plausible_liver_l),
+                "max_lesion_burden_percent": self.max_lesion_burden_percent}
 
 
 @dataclass(frozen=True)

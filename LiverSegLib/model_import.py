@@ -139,9 +139,7 @@ def _entry(model, meta: dict, model_id: str, title: str | None, src: Path, weigh
         "labels": [{"value": lb.value, "name": lb.name, "color_rgb": list(lb.color_rgb),
                     "terminology": lb.terminology} for lb in labels],
         "stages": {"coarse": stage_entry, **({"fine": dict(stage_entry)} if stage.has_lesion else {})},
-        "cascade": {"margin_mm": list(c.margin_mm), "min_liver_ml": c.min_liver_ml,
-                    "fallback_on_inplane_edge": c.fallback_on_inplane_edge, "coarse_threshold": c.coarse_threshold,
-                    "lesion_threshold": c.lesion_threshold, "quick_spacing_xyz": list(c.quick_spacing_xyz)},
+        "cascade": c.to_dict(),
         "accuracy": {"validation": meta["best"]} if isinstance(meta.get("best"), dict) else {},
     }
 

@@ -130,6 +130,20 @@ def test_nifti_outputs_lie_on_the_input_grid_and_agree_with_each_other(nifti_run
     assert not list(out.parent.glob(".liverseg-*")), "temporary folders left behind"
 
 
+def test_implausible_liver_volume_is_a_warning_in_summary_json_and_the_progress_stream(nifti_run):
+    """The phantom's whole field of view holds 0.42 L, so any liver found in it is below the plausible 0.5 L."""
+    proc, out, ct = nifti_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["liver_volume_ml"] < 500.0
+    (warning,) = [w for w in summary["warnings"] if w.startswith("liver volume")]
+    assert f"liver volume {summary['liver_volume_ml'] / 1000:.2f} L is outside the plausible 0.5-4.5 L" in warning
+    # the 16-slice scan range: a liver reaching its first or last slice may be cut by the field of view
+    seg = read_volume(out / "segmentation.nii.gz").array_zyx > 0  # stored RAS-like: slices still along axis 0
+    assert ("field of view may cut it" in warning) == bool(seg[0].any() or seg[-1].any())
+    logs = [e["message"] for e in map(json.loads, proc.stdout.splitlines()) if e["event"] == "log"]
+    assert f"warning: {warning}" in logs  # a front end reading --progress json sees it too
+
+
 def test_surfaces_are_closed_named_lps_and_in_lps_coordinates(nifti_run):
     _, out, ct = nifti_run
     summary = json.loads((out / "summary.json").read_text())

@@ -7,7 +7,7 @@ import pytest
 
 from LiverSegLib.config import CascadeConfig
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.box import liver_box
+from LiverSegLib.pipeline.box import coarse_liver_box, coarse_voxel_ml, liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
 from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
 from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape, stage_to_native_index
@@ -102,11 +102,16 @@ def _liver_mask(shape, lo, hi):
 
 def test_liver_box_maps_coarse_extent_to_native_with_margin():
     coarse = _liver_mask((20, 50, 50), (5, 10, 12), (15, 30, 40))
-    box = liver_box(coarse, (40, 100, 100), (1.0, 1.0, 2.0), 8e-3, CascadeConfig(margin_mm=(4.0, 4.0, 4.0),
-                                                                                  min_liver_ml=1.0))
-    assert box.fallback is None
+    box = liver_box(coarse, (40, 100, 100), (1.0, 1.0, 2.0), CascadeConfig(margin_mm=(4.0, 4.0, 4.0),
+                                                                            min_liver_ml=1.0))
+    assert box.fallback is None and box.note is None
     assert box.start == (10 - 2, 20 - 4, 24 - 4)
     assert box.stop == (30 + 2, 60 + 4, 80 + 4)
+
+
+def test_coarse_voxel_volume_follows_the_grid_relation():
+    # native 100 x 100 x 40 at 1 x 1 x 2 mm on a 50 x 50 x 20 grid: 2 x 2 x 4 mm = 16 uL
+    assert coarse_voxel_ml((40, 100, 100), (1.0, 1.0, 2.0), (20, 50, 50)) == pytest.approx(0.016)
 
 
 @pytest.mark.parametrize(
@@ -114,19 +119,56 @@ def test_liver_box_maps_coarse_extent_to_native_with_margin():
     [
         (np.zeros((20, 50, 50), bool), CascadeConfig(), "found no liver"),
         (_liver_mask((20, 50, 50), (5, 10, 10), (6, 12, 12)), CascadeConfig(min_liver_ml=30.0), "tiny"),
-        (_liver_mask((20, 50, 50), (5, 0, 10), (15, 30, 40)), CascadeConfig(min_liver_ml=1.0), "in-plane edge"),
+        # the old rule, still honoured when a catalogue asks for it explicitly
+        (_liver_mask((20, 50, 50), (5, 0, 10), (15, 30, 40)),
+         CascadeConfig(min_liver_ml=1.0, fallback_on_inplane_edge=True), "in-plane edge"),
     ],
 )
 def test_liver_box_falls_back_to_whole_volume(mask, cascade, reason):
-    box = liver_box(mask, (40, 100, 100), (1.0, 1.0, 2.0), 8e-3, cascade)
+    box = liver_box(mask, (40, 100, 100), (1.0, 1.0, 2.0), cascade)
     assert reason in box.fallback
     assert box.start == (0, 0, 0) and box.stop == (40, 100, 100)
 
 
+@pytest.mark.parametrize(
+    ("lo", "hi", "edges"),
+    [
+        ((5, 0, 10), (15, 30, 40), "y min"),  # anterior edge
+        ((5, 10, 30), (15, 30, 50), "x max"),  # lateral edge
+        ((5, 0, 0), (15, 50, 50), "y min, y max, x min, x max"),  # liver across the whole slice
+    ],
+)
+def test_liver_touching_the_inplane_edge_gives_a_clipped_box_not_a_fallback(lo, hi, edges):
+    """A coarse liver at the in-plane field-of-view edge (common on 512 x 512 CT) keeps its box: the liver's
+    bounding box plus the margin, clipped to the volume, and a note instead of a whole-volume fine stage."""
+    coarse = _liver_mask((20, 50, 50), lo, hi)
+    box = liver_box(coarse, (40, 100, 100), (1.0, 1.0, 2.0), CascadeConfig(margin_mm=(4.0, 4.0, 4.0),
+                                                                            min_liver_ml=1.0))
+    assert CascadeConfig().fallback_on_inplane_edge is False  # the default
+    assert box.fallback is None
+    scale, margin = np.array([2, 2, 2]), np.array([2, 4, 4])  # native voxels per coarse voxel; 4 mm in voxels
+    assert box.start == tuple(np.maximum(np.array(lo) * scale - margin, 0))
+    assert box.stop == tuple(np.minimum(np.array(hi) * scale + margin, (40, 100, 100)))
+    assert box.note is not None and f"({edges})" in box.note and "clipped" in box.note
+
+
 def test_liver_box_touching_first_slice_only_clips():
     coarse = _liver_mask((20, 50, 50), (0, 10, 12), (15, 30, 40))
-    box = liver_box(coarse, (40, 100, 100), (1.0, 1.0, 2.0), 8e-3, CascadeConfig(min_liver_ml=1.0))
+    box = liver_box(coarse, (40, 100, 100), (1.0, 1.0, 2.0), CascadeConfig(min_liver_ml=1.0))
     assert box.fallback is None and box.start[0] == 0 and box.stop[1] < 100
+    assert "z min" in box.note
+
+
+def test_coarse_liver_box_thresholds_and_keeps_the_largest_component():
+    fg = np.zeros((20, 50, 50), np.float16)
+    fg[5:15, 10:30, 12:40] = 0.9
+    fg[2:4, 45:48, 45:48] = 0.9  # a separate blob: not the liver, must not widen the box
+    fg[16, 10:30, 12:40] = 0.4  # below the coarse threshold
+    cascade = CascadeConfig(margin_mm=(4.0, 4.0, 4.0), min_liver_ml=1.0)
+    box, liver_ml = coarse_liver_box(fg, (40, 100, 100), (1.0, 1.0, 2.0), cascade)
+    assert box == liver_box(_liver_mask((20, 50, 50), (5, 10, 12), (15, 30, 40)), (40, 100, 100),
+                            (1.0, 1.0, 2.0), cascade)
+    assert liver_ml == pytest.approx(10 * 20 * 28 * 0.016)
 
 
 def test_largest_component_keeps_only_the_biggest_blob():

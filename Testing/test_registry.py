@@ -157,6 +157,29 @@ def test_values_the_schema_cannot_check_are_refused_with_the_place(tmp_path):
         Registry([path])
 
 
+def test_cascade_guard_keys_are_optional_and_old_catalogues_still_load(tmp_path):
+    old = _model("old")
+    old["cascade"]["fallback_on_inplane_edge"] = True  # a catalogue written before the rule was turned off
+    new = _model("new")
+    new["cascade"].update(plausible_liver_l=[0.3, 3.0], max_lesion_burden_percent=40)
+    reg = Registry([_write(tmp_path, _catalogue(old, new, _model("plain")))])
+    assert reg.get("old").cascade.fallback_on_inplane_edge is True
+    assert reg.get("new").cascade.plausible_liver_l == (0.3, 3.0)
+    assert reg.get("new").cascade.max_lesion_burden_percent == 40.0
+    plain = reg.get("plain").cascade
+    assert plain.fallback_on_inplane_edge is False and plain.plausible_liver_l == (0.5, 4.5)
+    assert plain.max_lesion_burden_percent == 50.0
+    path = _write(tmp_path / "bad", _broken(lambda d: d["models"][0]["cascade"].update(plausible_liver_l=[4.5, 0.5])))
+    with pytest.raises(ModelError, match=r"invalid at models/0 \(m\): plausible_liver_l must be"):
+        Registry([path])
+
+
+@pytest.mark.skipif(not (REPO / "Resources" / "models.json").is_file(), reason="no shipped catalogue yet")
+def test_shipped_catalogue_clips_the_box_at_the_inplane_edge():
+    for entry in json.loads((REPO / "Resources" / "models.json").read_text())["models"]:
+        assert entry["cascade"].get("fallback_on_inplane_edge", False) is False, entry["id"]
+
+
 def test_duplicate_id_in_one_catalogue(tmp_path):
     path = _write(tmp_path, _catalogue(_model("m"), _model("m", title="again")))
     with pytest.raises(ModelError, match=r"invalid at models/1/id: model 'm' is listed twice"):

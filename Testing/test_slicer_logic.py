@@ -410,6 +410,20 @@ def test_no_lesion_found_gives_no_lesion_segment_and_says_so(phantom_scene):
     assert table.GetNumberOfRows() == 0 and table.GetAttribute("LiverSeg.TumourBurdenPercent") == "0.000"
 
 
+def test_implausible_liver_volume_warning_reaches_the_node_the_result_and_the_log(phantom_scene, tmp_path):
+    """A real in-process run on the small phantom (its whole field of view holds 0.42 L): the plausibility warning
+    is on the node (``LiverSeg.Warnings``), in ``lastResult`` (the widget's status and log read it) and logged."""
+    scene, node, _ = phantom_scene
+    ckpt = make_checkpoint(tmp_path / "tiny.pt", make_phantom(SHAPE, SPACING, seed=3)[0])
+    logged: list[str] = []
+    logic = LiverSegLogic(scene, InProcessRunner(log=logged.append))
+    seg = logic.process(node, modelFile=str(ckpt), device="cpu")
+    on_node = json.loads(seg.GetAttribute("LiverSeg.Warnings"))
+    (warning,) = [w for w in on_node if w.startswith("liver volume")]
+    assert "is outside the plausible 0.5-4.5 L" in warning
+    assert on_node == logic.lastResult.warnings and f"warning: {warning}" in logged
+
+
 def test_logic_outside_slicer_needs_a_scene():
     with pytest.raises(ValueError, match="no MRML scene"):
         LiverSegLogic()

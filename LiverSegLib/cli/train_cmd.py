@@ -38,6 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="override a recipe value, e.g. --set sampler.batch=4 --set steps=2000 (repeatable)")
     p.add_argument("--label-map", metavar="FROM:TO,...",
                    help="map label values of the data to 1 (liver) / 2 (lesion), e.g. 5:1 for TotalSegmentator")
+    p.add_argument("--mask-bank", type=Path, action="append", default=[], metavar="DIR",
+                   help="DI2IN-AN: liver masks (segmentation-N.nii.gz, 3D-IRCADb MASKS_DICOM.zip) that the "
+                        "discriminator sees as real livers instead of the batch's labels (repeatable)")
     p.add_argument("--cache", type=Path, help="folder for the prepared cases (default: OUT/cache)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out (files are replaced)")
     p.add_argument("--progress", choices=("bar", "none"), default="bar")
@@ -114,8 +117,14 @@ def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info,
         (out / "config.json").write_text(config.to_json() + "\n")
     meta = {"data": str(args.data), "train_cases": [c.name for c in train_cases],
             "val_cases": [c.name for c in val_cases], "fold": fold}
+    bank = None
+    if args.mask_bank:
+        from LiverSegLib.training.mask_bank import load_mask_bank
+
+        bank = load_mask_bank(args.mask_bank, config.stage)
+        meta["mask_bank"] = [str(p) for p in args.mask_bank]
     trainer = Trainer(config, train_cases, val_cases, out, device, info, args.max_steps, resume, args.init,
-                      bar=args.progress == "bar", metadata=meta)
+                      bar=args.progress == "bar", metadata=meta, real_masks=bank)
     summary = trainer.run()
     rows = []
     if info.is_main:

@@ -88,6 +88,15 @@ _CASES: dict[str, dict[str, Any]] = {
         "description": "LiTS case 117 (liver-ct-segmentation-package 1.6.0): 128^3 crop, liver + tumour. "
         "NO SPACING IS STORED: 1.5 mm isotropic is ASSUMED (metadata spacing_assumed=True)",
     },
+    "ircadb1_19": {
+        "source": "shared",
+        "licence": "CC BY-NC-ND 4.0 (3D-IRCADb-01, LICENSE.txt beside it)",
+        "label_origin": "manual 3D-IRCADb",
+        "dir": "ircadb1_19",
+        "files": ("ct.nii.gz", "seg.nii.gz", None),
+        "description": "3D-IRCADb-01 patient 19: 512x512x124, 0.70 mm, 4 mm slices, contrast; manual liver and 50 "
+        "tumours; only in ../shared/data",
+    },
     "dcmqi_3slice": {
         "source": "shared",
         "licence": "BSD-3-Clause (dcmqi test data, LICENSE.txt beside it)",
@@ -216,13 +225,14 @@ def _volume(img: sitk.Image, meta: dict[str, Any], dtype: type = np.int16) -> Vo
     return Volume(arr, img.GetSpacing(), img.GetOrigin(), np.reshape(img.GetDirection(), (3, 3)), meta)
 
 
-def _label_onto(label: sitk.Image, ref: sitk.Image, value: int) -> sitk.Image:
-    """``label == value`` as uint8 on the grid of ``ref``, when both grids hold the same voxel centres.
+def _label_onto(label: sitk.Image, ref: sitk.Image, value: int | None = None) -> sitk.Image:
+    """``label == value`` (with ``value`` None: the whole uint8 label map) on the grid of ``ref``, when both grids
+    hold the same voxel centres.
 
     The grids may differ by an axis flip or permutation (a NIfTI written with its rows reversed): nearest-neighbour
     resampling through patient space then moves the label exactly. Other grids are refused, never interpolated.
     """
-    mask = sitk.Cast(label == value, sitk.sitkUInt8)
+    mask = sitk.Cast(label if value is None else label == value, sitk.sitkUInt8)
     to_label = np.linalg.inv(np.reshape(label.GetDirection(), (3, 3)) @ np.diag(label.GetSpacing()))
     m = to_label @ np.reshape(ref.GetDirection(), (3, 3)) @ np.diag(ref.GetSpacing())  # ref index -> label index
     offset = to_label @ (np.array(ref.GetOrigin()) - np.array(label.GetOrigin()))
@@ -278,6 +288,13 @@ def load_case(name: str, cache_dir: Path | str | None = None) -> tuple[Volume, V
         root = fetch_source(info["source"], cache_dir) / info["dir"]
     if name == "lits117":
         return _load_lits117(root, {**meta, "path": str(root)})
+    if info["files"][2] is None:  # a 0/1/2 label map on the CT's grid (liver, lesion)
+        ct_img = sitk.ReadImage(str(root / info["files"][0]))
+        lab_img = sitk.ReadImage(str(root / info["files"][1]))
+        lab = sitk.Cast(_label_onto(lab_img, ct_img, 1), sitk.sitkUInt8) + 2 * sitk.Cast(
+            _label_onto(lab_img, ct_img, 2), sitk.sitkUInt8)
+        return (_volume(ct_img, {**meta, "path": str(root / info["files"][0])}),
+                _volume(lab, {**meta, "kind": "label"}, np.uint8))
     ct_name, seg_name, liver_value = info["files"]
     ct_path = root / ct_name
     files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(ct_path)) if ct_path.is_dir() else str(ct_path)

@@ -7,8 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from LiverSegLib.config import CascadeConfig
+from LiverSegLib.postprocess import largest_component
 
-__all__ = ["Box", "liver_box"]
+__all__ = ["Box", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
+
+_AXIS_NAMES = ("z", "y", "x")
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,7 @@ class Box:
     start: tuple[int, int, int]
     stop: tuple[int, int, int]
     fallback: str | None = None  # why the whole volume is used, or None
+    note: str | None = None  # what was adjusted without a fallback (a box clipped at the field-of-view edge)
 
     @property
     def slices(self) -> tuple[slice, slice, slice]:
@@ -32,39 +36,71 @@ class Box:
         return cls((0, 0, 0), tuple(int(s) for s in shape_zyx), reason)  # type: ignore[arg-type]
 
 
+def coarse_voxel_ml(native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
+                    coarse_shape_zyx: tuple[int, ...]) -> float:
+    """Volume in mL of one voxel of a stage grid that spans the native extent (see ``resample.py``)."""
+    native_extent_mm = np.asarray(native_spacing_xyz[::-1], float) * np.asarray(native_shape_zyx, float)
+    return float(np.prod(native_extent_mm / np.asarray(coarse_shape_zyx, float))) / 1000.0
+
+
+def coarse_liver_box(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
+                     cascade: CascadeConfig) -> tuple[Box, float]:
+    """The predictor's step from coarse probabilities to the fine stage's box, callable on its own.
+
+    Thresholds the coarse foreground probability at ``cascade.coarse_threshold``, keeps the largest 3D component
+    (Han 2017, section 3.1) and boxes it with :func:`liver_box`.
+
+    Returns:
+        The box and the volume of the coarse liver (largest component) in mL.
+    """
+    coarse_liver = largest_component(coarse_fg >= cascade.coarse_threshold)
+    volume_ml = float(np.count_nonzero(coarse_liver)) * coarse_voxel_ml(native_shape_zyx, native_spacing_xyz,
+                                                                         coarse_liver.shape)
+    return liver_box(coarse_liver, native_shape_zyx, native_spacing_xyz, cascade), volume_ml
+
+
 def liver_box(coarse_liver: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
-              coarse_voxel_ml: float, cascade: CascadeConfig) -> Box:
-    """Bounding box of the coarse liver on the native grid, plus the margin; the whole volume when untrusted.
+              cascade: CascadeConfig) -> Box:
+    """Bounding box of the coarse liver on the native grid, plus the margin, clipped to the volume.
+
+    The whole volume is used only when the coarse liver cannot be trusted: empty, smaller than
+    ``cascade.min_liver_ml``, or (only when ``cascade.fallback_on_inplane_edge`` is set) touching the in-plane
+    field-of-view edge. A liver at the edge of the volume is otherwise normal (a 512 x 512 CT whose lateral or
+    anterior edge touches the liver, a scan range that stops at the dome): the box is clipped and ``note`` says so.
 
     Args:
         coarse_liver: boolean largest-component liver on the coarse grid (same extent as the native volume).
         native_shape_zyx: canonical native array shape.
         native_spacing_xyz: canonical native spacing.
-        coarse_voxel_ml: volume of one coarse voxel.
         cascade: margins and fallback rules.
     """
     if not coarse_liver.any():
         return Box.whole(native_shape_zyx, "the coarse stage found no liver")
-    volume_ml = float(coarse_liver.sum()) * coarse_voxel_ml
+    volume_ml = float(np.count_nonzero(coarse_liver)) * coarse_voxel_ml(native_shape_zyx, native_spacing_xyz,
+                                                                        coarse_liver.shape)
     if volume_ml < cascade.min_liver_ml:
         return Box.whole(native_shape_zyx, f"the coarse liver is tiny ({volume_ml:.1f} mL < {cascade.min_liver_ml} mL)")
-    coords = np.nonzero(coarse_liver.any(axis=0))  # in-plane extent first (cheap), then z
-    y_lo, y_hi, x_lo, x_hi = coords[0].min(), coords[0].max(), coords[1].min(), coords[1].max()
-    z_any = np.nonzero(coarse_liver.any(axis=(1, 2)))[0]
-    lo_c = np.array([z_any.min(), y_lo, x_lo])
-    hi_c = np.array([z_any.max(), y_hi, x_hi])
-    cz, cy, cx = coarse_liver.shape
-    if cascade.fallback_on_inplane_edge and (y_lo == 0 or x_lo == 0 or y_hi == cy - 1 or x_hi == cx - 1):
+    lo_c = np.empty(3, int)
+    hi_c = np.empty(3, int)
+    for axis in range(3):  # per-axis projections: no index array as large as the mask
+        present = np.flatnonzero(coarse_liver.any(axis=tuple(a for a in range(3) if a != axis)))
+        lo_c[axis], hi_c[axis] = present[0], present[-1]
+    at_edge = [f"{_AXIS_NAMES[a]} {side}" for a in range(3) for side, hit in
+               (("min", lo_c[a] == 0), ("max", hi_c[a] == coarse_liver.shape[a] - 1)) if hit]
+    inplane_edge = [e for e in at_edge if not e.startswith("z")]
+    if cascade.fallback_on_inplane_edge and inplane_edge:
         return Box.whole(native_shape_zyx, "the coarse liver touches the in-plane edge of the field of view")
     scale = np.asarray(native_shape_zyx, float) / np.asarray(coarse_liver.shape, float)
     spacing_zyx = np.asarray(native_spacing_xyz[::-1], float)
     margin = np.ceil(np.asarray(cascade.margin_mm[::-1], float) / spacing_zyx)
-    # Coarse voxel s covers native continuous indices [s*scale - 0.5, (s+1)*scale - 0.5].
-    start = np.floor(lo_c * scale - 0.5 + 0.5) - margin
-    stop = np.ceil((hi_c + 1) * scale - 0.5 + 0.5) + margin
+    # Coarse voxel s covers native continuous indices [s*scale - 0.5, (s+1)*scale - 0.5]; native voxel n spans
+    # [n - 0.5, n + 0.5], so the native voxels that overlap coarse voxels lo..hi are floor(lo*scale) ..
+    # ceil((hi+1)*scale) - 1 (the box keeps every native voxel a coarse liver voxel touches).
+    start = np.floor(lo_c * scale) - margin
+    stop = np.ceil((hi_c + 1) * scale) + margin
     start = np.clip(start, 0, native_shape_zyx).astype(int)
     stop = np.clip(stop, 1, native_shape_zyx).astype(int)
     stop = np.maximum(stop, start + 1)
-    return Box(tuple(int(v) for v in start), tuple(int(v) for v in stop), None)  # type: ignore[arg-type]
-
-
+    note = (f"the coarse liver touches the edge of the volume ({', '.join(at_edge)}): the box is clipped there"
+            if at_edge else None)
+    return Box(tuple(int(v) for v in start), tuple(int(v) for v in stop), None, note)  # type: ignore[arg-type]

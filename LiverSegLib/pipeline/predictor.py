@@ -3,7 +3,8 @@
 coarse model on every axial slice at the coarse spacing -> largest 3D component -> liver box + margin (whole
 volume when untrusted) -> fine model at native resolution on the box's slices -> merge liver and lesion, largest
 component = liver -> lesion voxels inside it -> 3D lesion components, drop those whose maximum lesion probability
-is below the threshold -> uint8 labelmap on the input grid and a per-lesion table.
+is below the threshold -> uint8 labelmap on the input grid and a per-lesion table, with a warning when the liver
+volume or lesion burden is implausible (``plausibility.py``).
 
 Probabilities only ever exist on the coarse grid or inside the box, as float16.
 """
@@ -19,9 +20,10 @@ import torch
 
 from LiverSegLib.config import ModelConfig
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.box import Box, liver_box
+from LiverSegLib.pipeline.box import Box, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
 from LiverSegLib.pipeline.orientation import to_canonical
+from LiverSegLib.pipeline.plausibility import plausibility_warnings
 from LiverSegLib.pipeline.reorient import labelmap_to_original, needs_resampling, to_axial_grid
 from LiverSegLib.pipeline.resample import stage_shape
 from LiverSegLib.pipeline.sampling import sample_to_native
@@ -128,15 +130,11 @@ class Predictor:
         t0 = time.perf_counter()
         quick_spacing = self.model.cascade.quick_spacing_xyz if quick else None
         coarse_fg, coarse_shape = self._run_coarse(canonical, report, quick_spacing)
-        coarse_liver = largest_component(coarse_fg >= self.model.cascade.coarse_threshold)
         timings["coarse"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         native_shape = canonical.array_zyx.shape
-        coarse_spacing = np.asarray(canonical.spacing_xyz) * np.asarray(native_shape[::-1]) / np.asarray(
-            coarse_shape[::-1])
-        box = liver_box(coarse_liver, native_shape, canonical.spacing_xyz, float(np.prod(coarse_spacing)) / 1000.0,
-                        self.model.cascade)
+        box, coarse_liver_ml = coarse_liver_box(coarse_fg, native_shape, canonical.spacing_xyz, self.model.cascade)
         if box.fallback:
             warnings.append(f"fine stage ran on the whole volume: {box.fallback}")
         timings["box"] = time.perf_counter() - t0
@@ -154,6 +152,8 @@ class Predictor:
         labels_box, lesions, pruning = self._postprocess(canonical, box, fg, lesion, threshold)
         full = np.zeros(native_shape, np.uint8)
         full[box.slices] = labels_box
+        # on the canonical grid: axis 0 is the scan range, whose ends tell a liver cut by the field of view
+        warnings += plausibility_warnings(full, canonical.spacing_xyz, self.model.cascade)
         labelmap = volume.with_array(np.ascontiguousarray(orientation.invert(full)))
         liver_voxels = int(np.count_nonzero(labels_box))
         lesion_voxels = int(np.count_nonzero(labels_box == LESION_LABEL))
@@ -177,8 +177,9 @@ class Predictor:
                 "lesion_threshold": threshold,
                 "lesions_removed_by_threshold": pruning[0],
                 "lesion_voxels_removed_by_threshold": pruning[1],
-                "coarse_liver_ml": round(float(coarse_liver.sum()) * float(np.prod(coarse_spacing)) / 1000.0, 2),
+                "coarse_liver_ml": round(coarse_liver_ml, 2),
                 "box_fallback": box.fallback,
+                "box_note": box.note,
                 "box_canonical_zyx": {"start": list(box.start), "stop": list(box.stop)},
                 "orientation": {"axes": list(orientation.axes), "flips": list(orientation.flips)},
                 "lesion_model": self.fine is not None and self.fine.stage.has_lesion,

@@ -58,7 +58,7 @@ def prepare_case(name: str, ct: Volume, label: Volume, stage: StageConfig, weigh
         t = torch.from_numpy(lab)[None, None].float()
         lab = F.interpolate(t, size=image.shape, mode="nearest-exact")[0, 0].to(torch.uint8).numpy()
     if not stage.has_lesion:
-        lab = np.minimum(lab, 1)
+        lab = np.where(lab == 2, np.uint8(1), lab)  # lesion is liver; a hard-negative value (3) stays
     spacing = tuple(float(s) * n / m for s, n, m in zip(ct_c.spacing_xyz, ct_c.array_zyx.shape[::-1],
                                                          image.shape[::-1], strict=True))
     return PreparedCase(name, np.ascontiguousarray(image), np.ascontiguousarray(lab), spacing, weight)

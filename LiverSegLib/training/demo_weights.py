@@ -75,7 +75,8 @@ def fine_stage(weights: str = "demo_fine.pt", sha256: str = "0" * 64) -> StageCo
 
 
 def demo_cascade() -> CascadeConfig:
-    return CascadeConfig(margin_mm=(10.0, 10.0, 10.0), min_liver_ml=30.0, fallback_on_inplane_edge=True,
+    # fallback_on_inplane_edge off: a liver at the lateral/anterior edge of a 512 x 512 CT only clips the box
+    return CascadeConfig(margin_mm=(10.0, 10.0, 10.0), min_liver_ml=30.0, fallback_on_inplane_edge=False,
                          coarse_threshold=0.5, lesion_threshold=0.8)
 
 
@@ -205,9 +206,7 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
                     "terminology": lb.terminology} for lb in default_labels()],
         "stages": {"coarse": stage_entry(coarse_stage(sha256=shas["coarse"])),
                    "fine": stage_entry(fine_stage(sha256=shas["fine"]))},
-        "cascade": {"margin_mm": list(c.margin_mm), "min_liver_ml": c.min_liver_ml,
-                    "fallback_on_inplane_edge": c.fallback_on_inplane_edge, "coarse_threshold": c.coarse_threshold,
-                    "lesion_threshold": c.lesion_threshold, "quick_spacing_xyz": list(c.quick_spacing_xyz)},
+        "cascade": c.to_dict(),
         "accuracy": accuracy,
     }
     path.write_text(json.dumps({"format_version": 1, "default": "han-demo", "models": [entry]}, indent=2) + "\n")

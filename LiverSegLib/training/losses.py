@@ -25,6 +25,8 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL
+
 __all__ = ["HAN_CLASS_WEIGHTS", "LOSS_NAMES", "CompositeLoss", "DeepSupervisionLoss", "FocalTverskyLoss",
            "WeightedCrossEntropy", "adversarial_d_loss", "adversarial_g_loss", "build_loss", "log_class_weights"]
 
@@ -40,7 +42,10 @@ def _labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         target = target[:, 0]
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
-    return target.long()
+    target = target.long()
+    # a hard-negative voxel (organs.HARD_NEGATIVE_LABEL) is background for every loss; only the weighted
+    # cross-entropy gives it extra weight (it looks at the raw target first)
+    return torch.where(target == HARD_NEGATIVE_LABEL, torch.zeros_like(target), target)
 
 
 def _one_hot(target: torch.Tensor, num_classes: int, dtype: torch.dtype) -> torch.Tensor:
@@ -96,6 +101,10 @@ class WeightedCrossEntropy(nn.Module):
             ``None``: unweighted cross-entropy.
         num_classes: if given, the weights are truncated (and checked) here instead of at each call.
         normalization: ``"weights"`` or ``"voxels"`` (see above).
+        hard_negative_weight: factor on the weight of background voxels labelled
+            :data:`~LiverSegLib.training.organs.HARD_NEGATIVE_LABEL` (organs next to the liver that look like it:
+            spleen, kidneys, stomach, heart, muscle...); they count as class 0. 1 (default) treats them as plain
+            background.
 
     Example::
 
@@ -103,8 +112,12 @@ class WeightedCrossEntropy(nn.Module):
     """
 
     def __init__(self, class_weights: Sequence[float] | str | None = HAN_CLASS_WEIGHTS,
-                 num_classes: int | None = None, normalization: str = "weights") -> None:
+                 num_classes: int | None = None, normalization: str = "weights",
+                 hard_negative_weight: float = 1.0) -> None:
         super().__init__()
+        if hard_negative_weight <= 0:
+            raise ValueError(f"hard_negative_weight must be > 0, got {hard_negative_weight}")
+        self.hard_negative_weight = float(hard_negative_weight)
         if normalization not in ("weights", "voxels"):
             raise ValueError(f"normalization must be 'weights' or 'voxels', got {normalization!r}")
         if isinstance(class_weights, str) and class_weights != "log":
@@ -130,9 +143,17 @@ class WeightedCrossEntropy(nn.Module):
         return None if self.class_weights is None else self._truncated(self.class_weights, num_classes)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        hard = (target[:, 0] if target.ndim == logits.ndim else target) == HARD_NEGATIVE_LABEL
         target = _labels(logits, target)
         weight = self.weights_for(target, logits.shape[1])
         weight = None if weight is None else weight.to(logits.dtype)
+        if self.hard_negative_weight != 1.0 and bool(hard.any()):
+            voxel_w = (weight[target] if weight is not None else torch.ones_like(target, dtype=logits.dtype))
+            voxel_w = torch.where(hard, voxel_w * self.hard_negative_weight, voxel_w)
+            ce = F.cross_entropy(logits, target, reduction="none")
+            if self.normalization == "weights":
+                return (voxel_w * ce).sum() / voxel_w.sum().clamp_min(1e-12)
+            return (voxel_w * ce).mean()
         if self.normalization == "weights":
             return F.cross_entropy(logits, target, weight=weight)
         return F.cross_entropy(logits, target, weight=weight, reduction="none").mean()

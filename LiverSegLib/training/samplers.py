@@ -21,6 +21,7 @@ from LiverSegLib.config import StageConfig
 from LiverSegLib.pipeline.stage import normalize_input
 from LiverSegLib.training.augment import Augmenter
 from LiverSegLib.training.cases import PreparedCase
+from LiverSegLib.training.organs import is_liver
 
 __all__ = ["CaseStream", "SynthLesionCache", "SliceSampler", "VolumeSampler", "build_sampler"]
 
@@ -80,7 +81,7 @@ class SynthLesionCache:
     def _make(self, case: PreparedCase):
         from LiverSegLib.training.synth_lesions import synthesize_lesions
 
-        nz = np.nonzero(case.label)
+        nz = np.nonzero(is_liver(np.asarray(case.label)))
         if len(nz[0]) == 0:
             return None
         pad = [int(np.ceil(10.0 / s)) for s in case.spacing_xyz[::-1]]  # 10 mm around the liver
@@ -136,7 +137,7 @@ class _Sampler:
         """A random labelled voxel (with probability ``foreground_prob``) to centre the crop on."""
         if self.rng.random() >= self.fg_prob:
             return None
-        fg = np.argwhere(label > 0)
+        fg = np.argwhere(is_liver(label))
         return fg[self.rng.integers(len(fg))] if len(fg) else None
 
     def sample(self, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,7 +164,7 @@ class SliceSampler(_Sampler):
         only = bool(cfg.get("liver_slices_only", False))
         self.slices = []
         for case in cases:
-            has = np.nonzero(np.asarray(case.label).reshape(case.label.shape[0], -1).any(axis=1))[0]
+            has = np.nonzero(is_liver(np.asarray(case.label)).reshape(case.label.shape[0], -1).any(axis=1))[0]
             self.slices.append(has if only and len(has) else np.arange(case.label.shape[0]))
 
     def _one(self) -> tuple[np.ndarray, np.ndarray]:

@@ -63,12 +63,14 @@ class Trainer:
         init: a checkpoint to start the network from (e.g. a pretrained DI2IN before the adversarial phase).
         bar: show a progress bar (rank 0).
         metadata: facts stored in the checkpoint (data folder, case names).
+        real_masks: a liver-mask bank on the stage grid (:mod:`~LiverSegLib.training.mask_bank`): the
+            discriminator's real samples in the adversarial phase. Default: the batch's own labels.
     """
 
     def __init__(self, config: TrainConfig, train_cases: list[PreparedCase], val_cases: list[PreparedCase],
                  out_dir: Path, device: torch.device, dist_info: DistInfo | None = None, max_steps: int | None = None,
                  resume: bool = False, init: Path | None = None, bar: bool = True,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, real_masks: list[np.ndarray] | None = None) -> None:
         self.cfg, self.stage = config, config.stage
         self.train_cases, self.val_cases = train_cases, val_cases
         self.out = Path(out_dir)
@@ -92,6 +94,13 @@ class Trainer:
                                      self.dist.world_size)
         adv = config.adversarial
         self.disc = self.opt_d = None
+        self.mask_bank = None
+        if adv and real_masks and not bool(adv["discriminator"].get("kwargs", {}).get("conditional", False)):
+            from LiverSegLib.training.mask_bank import MaskBankSampler
+
+            crop = config.section("sampler").get("crop")
+            self.mask_bank = MaskBankSampler(real_masks, tuple(crop), config.seed * 1000 + self.dist.rank)
+            self.metadata["mask_bank_size"] = len(real_masks)
         if adv:
             spec = adv["discriminator"]
             self.disc = build_network(spec["name"], spec.get("kwargs", {})).to(device).train()
@@ -171,7 +180,10 @@ class Trainer:
             x, y = self._batch(int(adv["batch_d"]))
             with torch.no_grad(), self._autocast():
                 fake = _foreground(_final(self.ddp_net(x)))
-            real = (y > 0).float()[:, None]
+            if self.mask_bank is not None:  # real liver shapes from the bank (an unconditional D needs no image)
+                real = self.mask_bank.sample(len(y)).to(self.device)
+            else:
+                real = ((y == 1) | (y == 2)).float()[:, None]  # HARD_NEGATIVE_LABEL (3) is background
             self.opt_d.zero_grad(set_to_none=True)
             with self._autocast():
                 # one pass over [real; fake]: a DDP module may be called only once per backward

@@ -11,6 +11,7 @@ from torch import nn
 from LiverSegLib.config import StageConfig
 from LiverSegLib.pipeline.stage import StageModel, normalize_input
 from LiverSegLib.training.cases import PreparedCase
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL
 
 __all__ = ["dice", "validate_cases", "mean_dice"]
 
@@ -46,6 +47,7 @@ def validate_cases(net: nn.Module, stage: StageConfig, cases: list[PreparedCase]
     try:
         for case in cases:
             label = np.asarray(case.label)
+            label = np.where(label == HARD_NEGATIVE_LABEL, 0, label)  # hard negatives are background
             z = np.arange(label.shape[0])
             if liver_slices_only:
                 has = np.nonzero(label.reshape(label.shape[0], -1).any(axis=1))[0]

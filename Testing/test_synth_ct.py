@@ -1,0 +1,122 @@
+"""Label-driven synthetic CT (synth_ct, synth_anatomy, synth_pool) and hard-negative training labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, ORGANS, is_liver, to_training_label
+from LiverSegLib.training.synth_anatomy import add_body_layers, add_missing_organs, transplant_liver
+from LiverSegLib.training.synth_ct import PHASE_HU, SynthCTConfig, paint_ct, synthesize_ct
+
+ORG = ORGANS
+SPACING = (2.0, 2.0, 2.5)
+
+
+def _toy_map() -> np.ndarray:
+    """A small trunk in canonical order (z superior, y posterior, x patient's left): body, spine, liver, tumour."""
+    z, y, x = np.mgrid[:40, :120, :150]
+    m = np.zeros((40, 120, 150), np.uint8)
+    m[((y - 60) / 50.0) ** 2 + ((x - 75) / 68.0) ** 2 <= 1] = ORG["body"]
+    m[(((y - 95) / 7.0) ** 2 + ((x - 75) / 7.0) ** 2 <= 1)] = ORG["bone"]
+    liver = (((z - 22) / 14.0) ** 2 + ((y - 55) / 28.0) ** 2 + ((x - 45) / 28.0) ** 2) <= 1
+    m[liver] = ORG["liver"]
+    m[(((z - 22) / 3.0) ** 2 + ((y - 55) / 5.0) ** 2 + ((x - 40) / 5.0) ** 2) <= 1] = ORG["lesion"]
+    return m
+
+
+def test_phase_relations_are_plausible():
+    """The relations radiologists rely on hold in the mean table before randomisation."""
+    a, p, u = PHASE_HU["arterial"], PHASE_HU["portal"], PHASE_HU["unenhanced"]
+    assert a[ORG["aorta"]] > a[ORG["spleen"]] > a[ORG["liver"]]
+    assert p[ORG["portal_vein"]] > p[ORG["liver"]]
+    assert u[ORG["liver"]] > u[ORG["spleen"]]
+    assert all(PHASE_HU[ph][ORG["fat"]] < -50 for ph in PHASE_HU)
+
+
+def test_missing_organs_and_layers_fill_body_only():
+    rng = np.random.default_rng(0)
+    m = _toy_map()
+    done = add_body_layers(add_missing_organs(m, SPACING, rng), SPACING, rng)
+    for organ in ("spleen", "kidney", "stomach", "fat", "muscle"):
+        assert (done == ORG[organ]).any(), organ
+    # liver, tumour and bone are untouched; nothing is added outside the body
+    for organ in ("liver", "lesion", "bone"):
+        assert np.array_equal(done == ORG[organ], m == ORG[organ]), organ
+    assert np.array_equal(done == 0, m == 0)
+    assert not (done == ORG["body"]).any()  # every body voxel got a tissue
+    # the spleen sits on the patient's left (high x) of the liver, the kidneys posterior to the liver's centre
+    assert np.argwhere(done == ORG["spleen"])[:, 2].mean() > np.argwhere(m == ORG["liver"])[:, 2].mean() + 20
+
+
+def test_paint_ct_values_follow_phase():
+    rng = np.random.default_rng(1)
+    m = add_body_layers(add_missing_organs(_toy_map(), SPACING, rng), SPACING, rng)
+    cfg = SynthCTConfig(organ_jitter_hu=0.0, fatty_liver_probability=0.0, enhancement_gain=(1.0, 1.0),
+                        bias_hu=(0.0, 0.0), texture_std_hu=(0.0, 0.0))
+    hu, facts = paint_ct(m, SPACING, rng, cfg, phase="portal")
+    liver = (m == ORG["liver"])
+    assert facts["phase"] == "portal"
+    assert abs(np.median(hu[liver]) - PHASE_HU["portal"][ORG["liver"]]) < 1.0
+    assert np.median(hu[m == ORG["fat"]]) < -70
+    assert np.all(hu[m == 0] == -1000)
+    assert hu[m == ORG["bone"]].max() >= 700  # cortex
+    lesion = m == ORG["lesion"]
+    assert abs(np.median(hu[lesion]) - facts["lesion_hu"]) < 15.0
+
+
+def test_synthesize_ct_grid_labels_and_determinism():
+    m = _toy_map()
+    a = synthesize_ct(m, SPACING, np.random.default_rng(5), grid_xyz=(2.5, 2.5, 3.0))
+    b = synthesize_ct(m, SPACING, np.random.default_rng(5), grid_xyz=(2.5, 2.5, 3.0))
+    hu, organs, spacing, facts = a
+    assert spacing == (2.5, 2.5, 3.0)
+    assert hu.shape == organs.shape and hu.dtype == np.float32
+    assert np.array_equal(hu, b[0]) and np.array_equal(organs, b[1])
+    assert is_liver(to_training_label(organs)).sum() > 1000
+    assert hu.min() >= -1024 and hu.max() <= 3071
+    assert facts["phase"] in PHASE_HU
+
+
+def test_transplant_takes_donor_shape_and_spares_bone():
+    m = _toy_map()
+    donor = np.zeros((30, 60, 40), np.uint8)
+    donor[5:25, 10:50, 5:35] = 1  # a box-shaped "liver"
+    out = transplant_liver(m, SPACING, donor, (1.0, 1.0, 1.0), np.random.default_rng(2))
+    new_liver = out == ORG["liver"]
+    assert new_liver.sum() > 0.5 * (m == ORG["liver"]).sum()
+    assert not (out == ORG["lesion"]).any()  # host tumours dropped
+    assert np.array_equal(out == ORG["bone"], m == ORG["bone"])
+    # a box fills its bounding box far more than the host ellipsoid did
+    idx = np.argwhere(new_liver)
+    box = np.prod(idx.max(0) - idx.min(0) + 1)
+    assert new_liver.sum() / box > 0.7
+
+
+def test_training_label_hard_negatives():
+    m = np.array([[[ORG["liver"], ORG["lesion"], ORG["spleen"], ORG["fat"], ORG["kidney"], 0]]], np.uint8)
+    assert to_training_label(m).ravel().tolist() == [1, 2, 0, 0, 0, 0]
+    assert to_training_label(m, with_lesion=False).ravel().tolist() == [1, 1, 0, 0, 0, 0]
+    hard = to_training_label(m, hard_negatives=True).ravel().tolist()
+    assert hard == [1, 2, HARD_NEGATIVE_LABEL, 0, HARD_NEGATIVE_LABEL, 0]
+
+
+def test_hard_negative_weight_in_loss():
+    from LiverSegLib.training.losses import WeightedCrossEntropy, build_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 2, 6, 6)
+    target = torch.randint(0, 2, (2, 6, 6))
+    target[0, :3] = HARD_NEGATIVE_LABEL
+    plain = target.where(target != HARD_NEGATIVE_LABEL, torch.zeros_like(target))
+    same = WeightedCrossEntropy((0.4, 1.0), 2)(logits, target)
+    assert torch.allclose(same, WeightedCrossEntropy((0.4, 1.0), 2)(logits, plain))
+    weighted = build_loss({"name": "weighted_ce", "class_weights": [0.4, 1.0], "hard_negative_weight": 4.0}, 2)
+    # by hand: voxel weights 0.4 (bg), 1.0 (liver), 1.6 (hard bg); weighted mean of the per-voxel CE
+    ce = torch.nn.functional.cross_entropy(logits, plain, reduction="none")
+    w = torch.tensor([0.4, 1.0])[plain]
+    w = torch.where(target == HARD_NEGATIVE_LABEL, w * 4.0, w)
+    assert torch.allclose(weighted(logits, target), (w * ce).sum() / w.sum())
+    with pytest.raises(ValueError, match="hard_negative_weight"):
+        WeightedCrossEntropy((0.4, 1.0), 2, hard_negative_weight=0.0)
