@@ -141,6 +141,11 @@ class CascadeConfig:
             cuts the liver). Only a warning: the segmentation is kept.
         max_lesion_burden_percent: lesion volume as a percentage of liver + lesion volume above which the result
             gets a warning.
+        coarse_gate_mm: when set, the fine stage's liver and lesions are kept only within this distance (mm) of the
+            coarse liver (its largest component, holes filled). The coarse stage sees whole slices at 2 mm and
+            tells the liver from the spleen, heart or stomach by their place; the fine stage sees the liver box at
+            native resolution and draws the boundary. ``None`` (default): Han's cascade as published, the fine
+            stage alone decides inside the box.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -151,8 +156,11 @@ class CascadeConfig:
     quick_spacing_xyz: tuple[float, float, float] = (3.0, 3.0, 3.0)
     plausible_liver_l: tuple[float, float] = (0.5, 4.5)
     max_lesion_burden_percent: float = 50.0
+    coarse_gate_mm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.coarse_gate_mm is not None and not self.coarse_gate_mm >= 0.0:
+            raise ModelError(f"coarse_gate_mm must be >= 0 mm or null, got {self.coarse_gate_mm}")
         bounds = list(self.plausible_liver_l)
         if len(bounds) != 2 or not 0.0 <= bounds[0] < bounds[1]:
             raise ModelError(f"plausible_liver_l must be [low, high] litres with 0 <= low < high, got {bounds}")
@@ -170,6 +178,7 @@ class CascadeConfig:
             quick_spacing_xyz=tuple(float(v) for v in d.get("quick_spacing_xyz", (3.0, 3.0, 3.0))),
             plausible_liver_l=tuple(float(v) for v in d.get("plausible_liver_l", (0.5, 4.5))),
             max_lesion_burden_percent=float(d.get("max_lesion_burden_percent", 50.0)),
+            coarse_gate_mm=None if d.get("coarse_gate_mm") is None else float(d["coarse_gate_mm"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,7 +187,7 @@ class CascadeConfig:
                 "fallback_on_inplane_edge": self.fallback_on_inplane_edge, "coarse_threshold": self.coarse_threshold,
                 "lesion_threshold": self.lesion_threshold, "quick_spacing_xyz": list(self.quick_spacing_xyz),
                 "plausible_liver_l": list(self.plausible_liver_l),
-                "max_lesion_burden_percent": self.max_lesion_burden_percent}
+                "max_lesion_burden_percent": self.max_lesion_burden_percent, "coarse_gate_mm": self.coarse_gate_mm}
 
 
 @dataclass(frozen=True)
@@ -194,6 +203,7 @@ class ModelConfig:
     labels: tuple[LabelInfo, ...] = field(default_factory=lambda: tuple(default_labels()))
     description: str = ""
     licence: str = ""
+    license: str = ""  # SPDX identifier of the weights' terms (e.g. CC-BY-NC-SA-4.0: non-commercial use only)
     training_data: str = ""
     accuracy: dict[str, Any] = field(default_factory=dict)
     weights_dir: str | None = None
@@ -215,6 +225,7 @@ class ModelConfig:
             labels=labels,
             description=d.get("description", ""),
             licence=d.get("licence", ""),
+            license=d.get("license", ""),
             training_data=d.get("training_data", ""),
             accuracy=dict(d.get("accuracy", {})),
             weights_dir=weights_dir,

@@ -9,11 +9,12 @@ set -euo pipefail
 H="${LIVERSEG_HOME:-$HOME/.liverseg}"
 STEPS="${STEPS:---coarse-steps 1200 --fine-steps 1000}"
 export OMP_NUM_THREADS=1
+PY="${PYTHON:-python}"  # e.g. PYTHON=.venv/bin/python
 run() {  # one fold after another; "all" is the shipped model
   for fold in "$@"; do
     args=(--out "$H/release/$fold" --threads 1 --resume $STEPS)
     [[ "$fold" != all ]] && args+=(--leave-out "$fold")
-    python -m LiverSegLib.training.release_weights "${args[@]}" > "$H/release/$fold.log" 2>&1
+    "$PY" -m LiverSegLib.training.release_weights "${args[@]}" > "$H/release/$fold.log" 2>&1
   done
 }
 mkdir -p "$H/release"

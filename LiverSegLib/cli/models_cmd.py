@@ -35,12 +35,12 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([registry.raw(i) for i in registry.ids()], indent=2))
         return 0
-    rows = [("id", "version", "stages", "lesions", "title")]
+    rows = [("id", "version", "stages", "lesions", "license", "title")]
     for model_id in registry.ids():
         m = registry.get(model_id)
         stages = "coarse+fine" if m.fine else "single"
         rows.append((model_id + (" (default)" if model_id == registry.default_id else ""), m.version, stages,
-                     "yes" if 2 in m.label_values() else "no", m.title))
+                     "yes" if 2 in m.label_values() else "no", m.license or "-", m.title))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[-1])

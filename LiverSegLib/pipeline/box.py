@@ -9,7 +9,7 @@ import numpy as np
 from LiverSegLib.config import CascadeConfig
 from LiverSegLib.postprocess import largest_component
 
-__all__ = ["Box", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
+__all__ = ["Box", "coarse_gate", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
 
 _AXIS_NAMES = ("z", "y", "x")
 
@@ -104,3 +104,25 @@ def liver_box(coarse_liver: np.ndarray, native_shape_zyx: tuple[int, ...], nativ
     note = (f"the coarse liver touches the edge of the volume ({', '.join(at_edge)}): the box is clipped there"
             if at_edge else None)
     return Box(tuple(int(v) for v in start), tuple(int(v) for v in stop), None, note)  # type: ignore[arg-type]
+
+
+def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: Box, cascade: CascadeConfig,
+                native_spacing_xyz: tuple[float, ...]) -> np.ndarray:
+    """Native voxels of ``box`` within ``cascade.coarse_gate_mm`` of the coarse liver (see :class:`CascadeConfig`).
+
+    The coarse liver is the largest component of the thresholded coarse probability with its holes filled (a
+    hypodense tumour the coarse stage left out stays inside the gate), dilated by the gate distance on the coarse
+    grid (Euclidean distance in mm), then sampled onto the box's native voxels.
+    """
+    from scipy import ndimage
+
+    from LiverSegLib.pipeline.sampling import sample_to_native
+
+    assert cascade.coarse_gate_mm is not None
+    liver = ndimage.binary_fill_holes(largest_component(coarse_fg >= cascade.coarse_threshold))
+    scale = np.asarray(native_shape_zyx, float) / np.asarray(coarse_fg.shape, float)
+    coarse_spacing_zyx = np.asarray(native_spacing_xyz[::-1], float) * scale
+    if not liver.any():
+        return np.ones(box.shape, bool)  # nothing to gate by: the fine stage decides (the box is the whole volume)
+    near = ndimage.distance_transform_edt(~liver, sampling=coarse_spacing_zyx) <= cascade.coarse_gate_mm
+    return sample_to_native(near.astype(np.float32), (0, 0, 0), scale, box) >= 0.5

@@ -20,7 +20,7 @@ import torch
 
 from LiverSegLib.config import ModelConfig
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.box import Box, coarse_liver_box
+from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
 from LiverSegLib.pipeline.orientation import to_canonical
 from LiverSegLib.pipeline.plausibility import plausibility_warnings
@@ -145,6 +145,10 @@ class Predictor:
         else:
             fg = sample_to_native(coarse_fg, (0, 0, 0), np.asarray(native_shape) / np.asarray(coarse_shape), box)
             lesion = None
+        if self.fine is not None and self.model.cascade.coarse_gate_mm is not None:
+            gate = coarse_gate(coarse_fg, native_shape, box, self.model.cascade, canonical.spacing_xyz)
+            fg = np.where(gate, fg, np.float16(0))
+            lesion = np.where(gate, lesion, np.float16(0)) if lesion is not None else None
         timings["fine"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -70,6 +70,8 @@ class SynthCTConfig:
         fov_cut_probability: chance of a field of view that cuts one side of the body (and maybe the liver).
         z_margin_mm: how far the scan reaches beyond the liver, up and down (may be negative: a cut liver).
         transplant_probability: chance of replacing the liver by a shape from the donor bank.
+        liver_margin_mm: paint only the liver's bounding box plus this margin (a fine stage never looks further than
+            its liver box; painting a whole 512 x 512 scan at native resolution costs ten times more).
         add_missing_organs / body_layers: complete the map (:mod:`~LiverSegLib.training.synth_anatomy`).
         lesion_types: probabilities of hypodense, hyperdense and cystic painting of the map's tumours.
         extra_lesions: synthetic lesions added on top (``None``: none); ``extra_lesion_probability`` of the time.
@@ -90,6 +92,7 @@ class SynthCTConfig:
     fov_cut_probability: float = 0.25
     z_margin_mm: tuple[float, float] = (-30.0, 120.0)
     transplant_probability: float = 0.5
+    liver_margin_mm: float | None = None
     add_missing_organs: bool = True
     body_layers: bool = True
     lesion_types: tuple[float, float, float] = (0.65, 0.2, 0.15)
@@ -205,6 +208,19 @@ def _field_of_view(organ_map: np.ndarray, sp: np.ndarray, rng: np.random.Generat
     return slice(lo, hi), ys, xs
 
 
+def _liver_region(organ_map: np.ndarray, sp: np.ndarray, margin_mm: float) -> tuple[slice, ...]:
+    """The liver's bounding box plus ``margin_mm`` (the whole map when it holds no liver)."""
+    liver = (organ_map == _O["liver"]) | (organ_map == _O["lesion"])
+    if not liver.any():
+        return tuple(slice(0, n) for n in organ_map.shape)
+    out = []
+    for axis in range(3):
+        present = np.flatnonzero(liver.any(axis=tuple(a for a in range(3) if a != axis)))
+        pad = int(np.ceil(margin_mm / sp[axis]))
+        out.append(slice(max(0, present[0] - pad), min(organ_map.shape[axis], present[-1] + pad + 1)))
+    return tuple(out)
+
+
 def synthesize_ct(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float], rng: np.random.Generator,
                   cfg: SynthCTConfig | None = None, donors: list[tuple[np.ndarray, tuple]] | None = None,
                   grid_xyz: tuple[float, float, float] | None = None, phase: str | None = None,
@@ -234,6 +250,8 @@ def synthesize_ct(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float]
         mask, dsp = donors[int(rng.integers(len(donors)))]
         m = transplant_liver(m, new, mask, dsp, rng)
         facts["transplant"] = True
+    if cfg.liver_margin_mm is not None:
+        m = m[_liver_region(m, sp, cfg.liver_margin_mm)]
     if cfg.add_missing_organs:
         m = add_missing_organs(m, new, rng)
     if cfg.body_layers:

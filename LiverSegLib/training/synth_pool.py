@@ -37,7 +37,7 @@ __all__ = ["GRIDS", "map_sources", "donor_masks", "build_pool", "load_pool", "ma
 GRIDS: dict[str, dict] = {
     "coarse": {"inplane_spacing_mm": (1.4, 2.4), "slice_spacing_mm": (1.5, 5.0)},
     "native": {"inplane_spacing_mm": (0.6, 1.0), "slice_spacing_mm": (1.0, 5.0), "z_margin_mm": (5.0, 25.0),
-               "fov_cut_probability": 0.15},
+               "fov_cut_probability": 0.0, "liver_margin_mm": 40.0},
 }
 
 

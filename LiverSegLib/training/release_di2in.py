@@ -1,0 +1,133 @@
+"""Train the shipped DI2IN-AN coarse liver model (Yang et al. 2017), or one leave-one-out fold of it.
+
+Same data as the cascade (:mod:`~LiverSegLib.training.release_weights`: the real CTs, the synthetic pool with its
+hard negatives), on Yang's 3 mm isotropic grid; then Yang's adversarial phase, whose discriminator sees the
+liver-mask bank (90 LiTS masks and the 3D-IRCADb mask sets, minus the held-out case's own) as the real livers. The
+fine stage of the catalogue entry is the cascade's (same fold), so the two coarse models can be compared on the same
+pipeline.
+
+CPU sizing (the paper trained on a GPU): features 8-128 instead of 32-512, 48 x 96 x 96 crops (144 x 288 x 288 mm),
+batch 2; the adversarial phase with k_D = 2 discriminator steps of 2 and k_G = 1 generator step of 2 (the paper: 10
+of 8, 1 of 4), lambda 0.01 as in the paper.
+
+Usage::
+
+    python -m LiverSegLib.training.release_di2in --out $LIVERSEG_HOME/release/all [--leave-out CASE] [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from LiverSegLib.config import ModelConfig, NetworkSpec, StageConfig
+from LiverSegLib.training.release_weights import (
+    EVAL_CASES,
+    HU_WINDOW,
+    POOL_SOURCE_OF,
+    cascade,
+    fine_stage,
+    pool_cases,
+    real_cases,
+)
+from LiverSegLib.training.train_config import TrainConfig, load_train_config
+
+__all__ = ["di2in_stage", "di2in_recipe", "score_case", "main"]
+
+WEIGHTS = "di2in_an_coarse.pt"
+
+
+def di2in_stage(weights: str = WEIGHTS, sha256: str = "0" * 64) -> StageConfig:
+    """DI2IN at Yang's 3 mm isotropic grid, narrowed for CPU training."""
+    return StageConfig(
+        network=NetworkSpec("DI2IN", {"in_channels": 1, "out_channels": 2, "features": [8, 16, 32, 64, 128],
+                                      "branch_levels": [4, 2, 0]}),
+        weights=weights, sha256=sha256, classes=(0, 1), hu_window=HU_WINDOW, spacing_xyz=(3.0, 3.0, 3.0),
+        context_slices=1, batch_cpu=1, batch_cuda=1,
+    )
+
+
+def di2in_recipe(steps: int, iterations: int, seed: int) -> TrainConfig:
+    """Yang's DI2IN-AN recipe (``Resources/configs/di2in_an.json``) sized for a CPU (see the module docstring)."""
+    from LiverSegLib.pipeline.stage import stage_config_dict
+
+    base = load_train_config("di2in_an").raw
+    stage = di2in_stage()
+    adv = {**base["adversarial"], "k_d": 2, "k_g": 1, "batch_d": 2, "batch_g": 2, "iterations": iterations}
+    raw = {**base, "name": "di2in_an_liver",
+           "stage": {**stage_config_dict(stage), "batch_cpu": 1, "batch_cuda": 1},
+           "sampler": {"kind": "volumes", "batch": 2, "crop": [48, 96, 96], "foreground_prob": 0.7,
+                       "scale_range": [0.85, 1.2], "intensity_jitter": [0.2, 0.1], "flip": False},
+           "loss": {"name": "weighted_ce", "class_weights": [0.4, 1.0], "hard_negative_weight": 4.0,
+                    "deep_supervision": {"final_weight": 1.0}},
+           "scheduler": {"name": "step", "every": max(1, steps // 2), "gamma": 0.1},
+           "steps": steps, "validate_every": max(1, steps // 4), "adversarial": adv, "seed": seed}
+    return TrainConfig.from_dict(raw, source="release DI2IN-AN recipe")
+
+
+def score_case(weights_dir: Path, case: str) -> dict:
+    """The DI2IN-AN coarse stage with the cascade's fine stage of the same fold, on a real case."""
+    from LiverSegLib.data.samples import load_case
+    from LiverSegLib.metrics import evaluate_case
+    from LiverSegLib.pipeline.predictor import Predictor
+    from LiverSegLib.weights import sha256_file
+
+    d = Path(weights_dir)
+    model = ModelConfig("fold", "0", "fold", di2in_stage(sha256=sha256_file(d / WEIGHTS)),
+                        fine_stage(sha256=sha256_file(d / "han_liver_fine.pt")), cascade(), weights_dir=str(d))
+    ct, label = load_case(case)
+    t = time.perf_counter()
+    result = Predictor(model, device="cpu").predict(ct)
+    scores = evaluate_case(result.labelmap.array_zyx, label.array_zyx, tuple(ct.spacing_xyz[::-1]))
+    return {"case": case, "model": "di2in-an", "seconds": round(time.perf_counter() - t, 2),
+            "box_fallback": result.details.get("box_fallback"), "warnings": list(result.warnings), **scores}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from LiverSegLib._paths import home_dir
+    from LiverSegLib.data.samples import shared_data_dir
+    from LiverSegLib.training.mask_bank import load_mask_bank
+    from LiverSegLib.training.trainer import Trainer
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--leave-out", choices=EVAL_CASES)
+    p.add_argument("--steps", type=int, default=300, help="supervised DI2IN steps before the adversarial phase")
+    p.add_argument("--iterations", type=int, default=40, help="adversarial iterations (Algorithm 1)")
+    p.add_argument("--pool", type=Path, default=None)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = di2in_recipe(args.steps, args.iterations, args.seed)
+    cases = real_cases(cfg.stage, args.leave_out)
+    cases += pool_cases((args.pool or home_dir() / "pool") / "coarse", cfg.stage, args.leave_out,
+                        sum(c.weight for c in cases))
+    shared = shared_data_dir()
+    bank_dirs = [shared / "lits_liver_masks", shared / "ircadb_masks"] if shared is not None else []
+    exclude = {POOL_SOURCE_OF[args.leave_out]} if args.leave_out in POOL_SOURCE_OF else set()
+    bank = load_mask_bank(bank_dirs, cfg.stage, exclude | {"lits-74"}) if bank_dirs else None
+    print(f"di2in-an: {len(cases)} cases, mask bank of {len(bank or [])}", flush=True)
+    run_dir = args.out / "run_di2in_an"
+    resume = args.resume and (run_dir / "training_state.pt").is_file()
+    t0 = time.perf_counter()
+    Trainer(cfg, cases, [], run_dir, torch.device("cpu"), bar=False, resume=resume, real_masks=bank,
+            metadata={"role": "coarse", "leave_out": args.leave_out}).run()
+    os.replace(run_dir / "model.pt", args.out / WEIGHTS)
+    print(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    if args.leave_out and (args.out / "han_liver_fine.pt").is_file():
+        scores = score_case(args.out, args.leave_out)
+        (args.out / f"loo_di2in_an_{args.leave_out}.json").write_text(json.dumps(scores, indent=1, default=float))
+        print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, list)}, default=float), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
