@@ -63,8 +63,9 @@ class LiverSeg(ScriptedLoadableModule):
             "with <i>Liver</i> (the whole organ, lesions included) and <i>Liver lesion</i> segments coded in SNOMED "
             "CT, a per-lesion table, and closed STL/OBJ surfaces in LPS coordinates. The model runs in a separate "
             "process: Slicer stays responsive and Cancel leaves the scene unchanged.<br><br><b>What it is not:</b> the "
-            "shipped model has demo weights (a few public CTs and synthetic phantoms) and is <b>not for clinical "
-            "use</b>; it is not validated for MRI, non-contrast or paediatric scans and does not tell primary tumours "
+            "shipped model (han-liver) was trained on four real CTs and synthetic CTs painted from public organ masks, "
+            "for <b>non-commercial research use only</b> and <b>not for clinical use</b>; it is not validated for "
+            "MRI, non-contrast or paediatric scans and does not tell primary tumours "
             'from metastases. See the <a href="https://github.com/liverseg/SlicerLiverSeg">documentation</a>.'
         )
         self.parent.acknowledgementText = _(

@@ -42,7 +42,7 @@ def test_module_metadata():
     assert ast.literal_eval(assigned["self.parent.title"].args[0]) == "Liver Segmentation (LiverSeg)"
     assert ast.unparse(assigned["self.parent.categories"]) == "[translate('qSlicerAbstractCoreModule', 'Segmentation')]"
     help_text = ast.literal_eval(assigned["self.parent.helpText"].args[0])
-    assert "demo weights" in help_text and "not for clinical use" in help_text
+    assert "non-commercial" in help_text and "not for clinical use" in help_text
     acknowledgement = ast.literal_eval(assigned["self.parent.acknowledgementText"].args[0])
     for citation in ("Han", "arXiv:1704.07239", "Yang et al.", "DI2IN-AN", "MICCAI 2017", "Mixed U-Net", "Gibson",
                      "SLiPPA"):

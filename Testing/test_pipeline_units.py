@@ -249,3 +249,13 @@ def test_ct_intensity_warning():
     assert ct_intensity_warning(ct) is None
     mr = rng.uniform(0, 800, size=(8, 64, 64)).astype(np.float32)
     assert "do not look like CT" in ct_intensity_warning(mr)
+
+
+def test_ct_padding_outside_the_round_field_of_view_is_not_taken_for_non_ct():
+    rng = np.random.default_rng(1)
+    ct = rng.choice([-1000, -100, 50, 400], size=(8, 64, 64)).astype(np.int16)
+    yy, xx = np.mgrid[:64, :64]
+    ct[:, (yy - 32) ** 2 + (xx - 32) ** 2 > 30 ** 2] = -3024  # a scanner's padding value, 21 % of the voxels
+    assert ct_intensity_warning(ct) is None
+    assert "do not look like CT" in ct_intensity_warning(np.full((8, 64, 64), -3024, np.int16) + rng.integers(
+        0, 500, size=(8, 64, 64)).astype(np.int16))  # padding-range values only: still not CT

@@ -181,7 +181,9 @@ def test_fetch_reports_pip_failure_with_a_manual_command(tmp_path: Path, monkeyp
 
 
 def test_catalogue() -> None:
-    assert samples.CASES == ("ts_example_ct", "ts_example_ct_sm", "ts_example_dicom", "lits117", "dcmqi_3slice")
+    assert samples.CASES == ("ts_example_ct", "ts_example_ct_sm", "ts_example_dicom", "lits117", "ircadb1_19",
+                             "dcmqi_3slice")
+    assert samples.case_info("ircadb1_19")["licence"].startswith("CC BY-NC-ND 4.0")
     assert samples.case_info("lits117")["label_origin"] == "manual LiTS"
     assert samples.case_info("ts_example_dicom")["licence"] == "Apache-2.0"
     assert "ASSUMED" in samples.case_info("lits117")["description"]
@@ -254,3 +256,14 @@ def test_dcmqi_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(samples, "shared_data_dir", lambda: None)
     with pytest.raises(InputError, match="dcmqi_3slice is not present"):
         samples.load_case("dcmqi_3slice")
+
+
+def test_ircadb1_19_loads_liver_and_tumours_on_the_ct_grid() -> None:
+    if samples.shared_data_dir() is None:
+        pytest.skip("../shared/data is not present beside this checkout: ircadb1_19 is unavailable")
+    ct, label = samples.load_case("ircadb1_19")
+    assert ct.array_zyx.shape == label.array_zyx.shape == (124, 512, 512)
+    assert ct.spacing_xyz == pytest.approx((0.703125, 0.703125, 4.0))
+    counts = np.bincount(label.array_zyx.ravel(), minlength=3)
+    assert counts[1] > 400_000 and counts[2] > 30_000 and len(counts) == 3  # liver, 50 tumours, nothing else
+    assert 100 < float(ct.array_zyx[label.array_zyx == 1].mean()) < 180  # contrast-enhanced parenchyma (~137 HU)

@@ -1,8 +1,9 @@
-"""The shipped demo weights on real CT (fetched with pip, sha256-verified), with asserted accuracy floors.
+"""The shipped default model (han-liver) on real CT (fetched with pip, sha256-verified), with asserted floors.
 
-The floors sit below the values measured when the weights were trained (Resources/MODEL_CARD_han-demo.md): these
-cases were part of the training data, so they prove that the shipped files, the catalogue and the pipeline work
-together on real scans, not that the model generalises (the model card's leave-one-out figures say that).
+The floors sit below the values measured when the weights were trained (Resources/MODEL_CARD_han-liver.md,
+"in-sample"): these cases were part of the training data, so they prove that the shipped files, the catalogue and the
+pipeline work together on real scans, not that the model generalises (the model card's leave-one-out figures say
+that).
 """
 
 import json
@@ -33,9 +34,13 @@ def _cli(*args, timeout=600):
 
 
 def test_catalogue_weights_verify():
+    from LiverSegLib.registry import load_registry
+
+    registry = load_registry()  # what `models verify` checks
+    stages = sum(1 + (registry.get(i).fine is not None) for i in registry.ids())
     proc = _cli("models", "verify")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok ") == 2
+    assert proc.stdout.count("ok ") == stages >= 4  # every stage of every shipped model (han-liver and han-demo)
 
 
 def test_cli_on_totalsegmentator_example_ct(tmp_path):
@@ -47,9 +52,9 @@ def test_cli_on_totalsegmentator_example_ct(tmp_path):
     seg = read_volume(out / "segmentation.nii.gz")
     assert seg.same_grid(read_volume(ct_path)) and seg.array_zyx.dtype == np.uint8
     scores = evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.85  # measured 0.862 (README, model card); the issue's acceptance floor
+    assert scores["liver_dice"] >= 0.85  # measured 0.865 (in-sample, model card)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"]["id"] == "han-demo"
+    assert summary["model"]["id"] == "han-liver"
     assert summary["liver_volume_ml"] == pytest.approx(np.count_nonzero(seg.array_zyx) * ct.voxel_volume_ml, rel=1e-3)
     assert (out / "overview.png").stat().st_size > 10_000
 
@@ -62,17 +67,18 @@ def test_dicom_series_input_lands_on_the_dicom_grid(tmp_path):
     ct, reference = load_case("ts_example_dicom")
     seg = read_volume(out / "segmentation.nrrd")
     assert seg.same_grid(ct)
-    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.90
+    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.92  # 0.951
 
 
 def test_lits_case_with_manual_lesions(predictor):
     ct, reference = load_case("lits117")
     result = predictor.predict(ct)
     scores = evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.89
-    assert scores["lesion_dice"] >= 0.80
-    assert scores["lesion_precision"] >= 0.75
-    assert len(result.lesions) >= 20
+    # measured in-sample: liver 0.933, lesion Dice 0.781, precision 0.94, 16 lesions (model card)
+    assert scores["liver_dice"] >= 0.90
+    assert scores["lesion_dice"] >= 0.72
+    assert scores["lesion_precision"] >= 0.85
+    assert len(result.lesions) >= 12
     assert all(r.max_probability >= 0.8 for r in result.lesions)
     assert result.lesion_volume_ml == pytest.approx(sum(r.volume_ml for r in result.lesions))
 
@@ -83,4 +89,4 @@ def test_three_slice_ge_scan(predictor):
     ct, reference = load_case("dcmqi_3slice")
     result = predictor.predict(ct)
     assert result.labelmap.same_grid(ct)
-    assert evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.90
+    assert evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.93

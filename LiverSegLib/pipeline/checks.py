@@ -50,6 +50,11 @@ def ct_intensity_warning(array_zyx: np.ndarray) -> str | None:
     sample = sample[np.isfinite(sample)]
     if sample.size == 0:
         return None
+    # Values below -1100 HU are not tissue or air but scanner padding outside the circular field of view (-3024,
+    # -2048, -2000 by vendor): leave them out, or every 512 x 512 scan with a round FOV would be flagged.
+    physical = sample[sample >= -1100.0]
+    if physical.size >= 0.1 * sample.size:
+        sample = physical
     p1, p99 = np.percentile(sample, [1, 99])
     if p1 > -300 or p99 < 0 or p1 < -3000 or p99 > 5000:
         return (f"intensities (1st-99th percentile {p1:.0f} to {p99:.0f}) do not look like CT in Hounsfield units; "

@@ -88,6 +88,44 @@ def score_case(weights_dir: Path, case: str) -> dict:
             "box_fallback": result.details.get("box_fallback"), "warnings": list(result.warnings), **scores}
 
 
+def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
+    """Add (or replace) the ``di2in-an-liver`` entry in ``path``: DI2IN-AN coarse + the cascade's fine stage."""
+    import math
+
+    from LiverSegLib.training.release_weights import MODEL_VERSION, catalogue_entry
+    from LiverSegLib.weights import sha256_file
+
+    shas = {"coarse": sha256_file(weights_dir / "han_liver_coarse.pt"),
+            "fine": sha256_file(weights_dir / "han_liver_fine.pt")}
+    entry = catalogue_entry(shas, {}, {})
+    d = di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS))
+    from LiverSegLib.pipeline.stage import stage_config_dict
+
+    sd = stage_config_dict(d)
+    entry["stages"]["coarse"] = {"network": sd["network"], "weights": d.weights, "sha256": d.sha256,
+                                 "classes": sd["classes"], "preprocessing": sd["preprocessing"],
+                                 "batch_cpu": d.batch_cpu, "batch_cuda": d.batch_cuda}
+    keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision", "lesion_fp")
+    accuracy: dict = {"method": "leave-one-out on ircadb1_19 only (CPU time allowed one fold): the fold's DI2IN-AN "
+                                "and cascade fine stage never saw the case (image, masks, mask bank, synthetic CTs)"}
+    for f in sorted(release_dir.glob("*/loo_di2in_an_*.json")):
+        r = json.loads(f.read_text())
+        accuracy[r["case"]] = {k: (round(float(r[k]), 4) if math.isfinite(float(r[k])) else None) for k in keys}
+    entry.update({"id": "di2in-an-liver", "version": MODEL_VERSION,
+                  "title": "DI2IN-AN coarse liver model + han-liver fine stage (non-commercial)",
+                  "description": "Yang et al. 2017 DI2IN (3D, deep supervision) at 3 mm, trained on the same real and "
+                                 "synthetic CTs as han-liver, then Yang's adversarial phase with 106 manual liver "
+                                 "masks (LiTS, 3D-IRCADb) as the discriminator's real samples; han-liver's fine "
+                                 "stage labels liver and lesions in its box. Research use, not for clinical "
+                                 "decisions.",
+                  "accuracy": accuracy})
+    data = json.loads(path.read_text())
+    models = [m for m in data["models"] if m["id"] != entry["id"]]
+    at = next((i + 1 for i, m in enumerate(models) if m["id"] == "han-liver"), len(models))
+    data["models"] = models[:at] + [entry] + models[at:]
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     from LiverSegLib._paths import home_dir
     from LiverSegLib.data.samples import shared_data_dir
@@ -103,7 +141,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--catalogue", type=Path, metavar="MODELS_JSON",
+                   help="no training: copy --out's DI2IN-AN weights next to the catalogue and add its entry")
+    p.add_argument("--release-dir", type=Path, help="folder of the fold folders (for --catalogue)")
     args = p.parse_args(argv)
+    if args.catalogue:
+        import shutil
+
+        shutil.copyfile(args.out / WEIGHTS, args.catalogue.parent / "weights" / WEIGHTS)
+        write_catalogue(args.catalogue, args.catalogue.parent / "weights", args.release_dir or args.out.parent)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = di2in_recipe(args.steps, args.iterations, args.seed)
