@@ -1,0 +1,60 @@
+"""The scripts that train the shipped weights: recipes build, catalogue entries validate, folds leave their case out."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from LiverSegLib.registry import Registry
+from LiverSegLib.training import release_di2in, release_weights
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, ORGANS
+from LiverSegLib.training.synth_pool import build_pool, load_pool
+from LiverSegLib.types import Volume
+
+
+def test_recipes_build_with_the_stated_choices():
+    coarse = release_weights.recipe("coarse", 100, 1e-2, 0)
+    fine = release_weights.recipe("fine", 100, 1e-2, 0)
+    assert coarse.section("loss")["hard_negative_weight"] == 4.0 and coarse.section("loss")["class_weights"] == [0.4,
+                                                                                                                 1.0]
+    assert coarse.section("sampler")["flip"] is False  # a flipped abdomen puts the liver on the left
+    assert fine.section("synthetic_lesions") and fine.stage.has_lesion and not coarse.stage.has_lesion
+    an = release_di2in.di2in_recipe(10, 2, 0)
+    assert an.adversarial["k_d"] == 2 and an.adversarial["lambda"] == 0.01 and an.stage.spacing_xyz == (3.0, 3.0, 3.0)
+    assert release_weights.cascade().coarse_gate_mm == 5.0
+
+
+def test_catalogue_entry_validates_and_loads(tmp_path):
+    loo = {"lits117": {"liver_dice": 0.9, "lesion_recall": float("nan"), "lesion_fp": 0}}
+    entry = release_weights.catalogue_entry({"coarse": "a" * 64, "fine": "b" * 64}, loo, {"coarse": 1.0})
+    assert entry["license"] == "CC-BY-NC-SA-4.0" and "non-commercial" in entry["licence"].lower()
+    assert entry["accuracy"]["lits117"]["lesion_recall"] is None  # NaN is not JSON
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps({"format_version": 1, "default": entry["id"], "models": [entry]}))
+    model = Registry([path]).get()
+    assert model.id == "han-liver" and model.license == "CC-BY-NC-SA-4.0" and model.cascade.coarse_gate_mm == 5.0
+
+
+def _organ_map() -> Volume:
+    z, y, x = np.mgrid[:24, :64, :80]
+    m = np.zeros((24, 64, 80), np.uint8)
+    m[((y - 32) / 30.0) ** 2 + ((x - 40) / 38.0) ** 2 <= 1] = ORGANS["body"]
+    m[(((y - 50) / 5.0) ** 2 + ((x - 40) / 5.0) ** 2 <= 1)] = ORGANS["bone"]
+    m[(((z - 12) / 8.0) ** 2 + ((y - 30) / 14.0) ** 2 + ((x - 25) / 14.0) ** 2) <= 1] = ORGANS["liver"]
+    return Volume(m, (4.0, 4.0, 5.0), (0.0, 0.0, 0.0))
+
+
+def test_pool_entries_carry_their_source_and_a_fold_drops_its_own(tmp_path):
+    sources = {"ircad1.19": _organ_map, "ircad1.2": _organ_map}
+    paths = build_pool(tmp_path, sources, 1, "coarse", donors=None, seed=0, log=lambda s: None)
+    assert [p.name for p in paths] == ["ircad1.19-0.npz", "ircad1.2-0.npz"]
+    assert build_pool(tmp_path, sources, 1, "coarse", log=pytest.fail) == paths  # resumes: nothing is painted again
+    entries = load_pool(tmp_path, {release_weights.POOL_SOURCE_OF["ircadb1_19"]})
+    assert [e[3]["source"] for e in entries] == ["ircad1.2"]
+    stage = release_weights.coarse_stage()
+    cases = release_weights.pool_cases(tmp_path, stage, "ircadb1_19", 6.0)
+    assert [c.name for c in cases] == ["synth:ircad1.2-0"] and cases[0].weight == 6.0
+    labels = np.unique(np.asarray(cases[0].label))
+    assert 1 in labels and set(labels) <= {0, 1, HARD_NEGATIVE_LABEL}  # a liver-only stage: lesions are liver
