@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 
 from LiverSegLib.config import ModelConfig, NetworkSpec, StageConfig
+from LiverSegLib.training.demo_weights import HU_WINDOW
 from LiverSegLib.training.release_weights import (
     EVAL_CASES,
-    HU_WINDOW,
     POOL_SOURCE_OF,
     cascade,
     fine_stage,

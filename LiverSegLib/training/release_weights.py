@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LiverSegLib.config import CascadeConfig, ModelConfig, NetworkSpec, StageConfig
+from LiverSegLib.config import CascadeConfig, ModelConfig, StageConfig
+from LiverSegLib.training import demo_weights
 from LiverSegLib.training.cases import PreparedCase, prepare_case
 from LiverSegLib.training.organs import to_training_label
 from LiverSegLib.training.train_config import TrainConfig, load_train_config
@@ -42,30 +43,19 @@ EVAL_CASES: tuple[str, ...] = ("ircadb1_19", "lits117", "ts_example_ct", "ts_exa
 EXTRA_CASES: tuple[str, ...] = ("dcmqi_3slice",)
 #: The pool source painted from an evaluation case's own masks (left out of that case's fold).
 POOL_SOURCE_OF: dict[str, str] = {"ircadb1_19": "ircad1.19", "ts_example_ct": "ts_example_ct"}
-HU_WINDOW = (-160.0, 240.0)
-COARSE_SPACING = (2.0, 2.0, 2.5)
 # Synthetic lesions in the real livers for the fine stage (the real data has few lesions): hypodense mostly.
 SYNTH_LESIONS = {"apply_probability": 0.5, "reuse": 8, "n_lesions": [1, 4], "radius_mm": [3.0, 15.0],
                  "hu_shift": [-70.0, -15.0], "rim_probability": 0.3}
 
 
 def coarse_stage(weights: str = "han_liver_coarse.pt", sha256: str = "0" * 64) -> StageConfig:
-    """The coarse liver stage: Han's 2.5D residual U-Net at 2 x 2 x 2.5 mm (narrow, for CPU training)."""
-    return StageConfig(
-        network=NetworkSpec("HanResUNet2p5D", {"in_channels": 5, "out_channels": 2, "features": [8, 16, 32, 64, 128]}),
-        weights=weights, sha256=sha256, classes=(0, 1), hu_window=HU_WINDOW, spacing_xyz=COARSE_SPACING,
-        context_slices=5, batch_cpu=16, batch_cuda=128,
-    )
+    """The coarse liver stage: the demo model's network and grid (Han's 2.5D residual U-Net, 2 x 2 x 2.5 mm)."""
+    return demo_weights.coarse_stage(weights, sha256)
 
 
 def fine_stage(weights: str = "han_liver_fine.pt", sha256: str = "0" * 64) -> StageConfig:
-    """The fine liver/lesion stage at native resolution, as in Han."""
-    return StageConfig(
-        network=NetworkSpec("HanResUNet2p5D", {"in_channels": 5, "out_channels": 3,
-                                               "features": [12, 24, 48, 96, 192]}),
-        weights=weights, sha256=sha256, classes=(0, 1, 2), hu_window=HU_WINDOW, spacing_xyz=(None, None, None),
-        context_slices=5, batch_cpu=8, batch_cuda=64,
-    )
+    """The fine liver/lesion stage at native resolution: the demo model's network."""
+    return demo_weights.fine_stage(weights, sha256)
 
 
 def cascade() -> CascadeConfig:
