@@ -50,6 +50,23 @@ def test_missing_organs_and_layers_fill_body_only():
     assert np.argwhere(done == ORG["spleen"])[:, 2].mean() > np.argwhere(m == ORG["liver"])[:, 2].mean() + 20
 
 
+def test_heart_is_added_above_the_liver_dome_where_the_scan_reaches():
+    rng = np.random.default_rng(3)
+    m = _toy_map()
+    tall = np.concatenate([m, np.repeat(m[-1:] * (m[-1:] == ORG["body"]), 30, axis=0)])  # 30 more slices of thorax
+    tall[40:][(tall[40:] == 0) & (np.repeat(m[-1:] > 0, 30, axis=0))] = ORG["body"]
+    done = add_missing_organs(tall, SPACING, rng)
+    heart = np.argwhere(done == ORG["heart"])
+    assert len(heart) > 0
+    liver = np.argwhere(m == ORG["liver"])
+    # on the diaphragm: centred above the dome's top slice and to the left of the liver (it shares the dome's upper
+    # axial slices, as a real heart does), never inside the liver
+    assert heart[:, 0].mean() > liver[:, 0].max() and heart[:, 2].mean() > liver[:, 2].mean()
+    assert np.array_equal(done == ORG["liver"], tall == ORG["liver"])
+    # a scan that stops at the dome gets no heart
+    assert not (add_missing_organs(m[:36], SPACING, np.random.default_rng(3)) == ORG["heart"]).any()
+
+
 def test_paint_ct_values_follow_phase():
     rng = np.random.default_rng(1)
     m = add_body_layers(add_missing_organs(_toy_map(), SPACING, rng), SPACING, rng)
