@@ -181,3 +181,24 @@ def test_folds_train_one_run_per_fold_and_report_every_case(phantom_folder, tmp_
 
     trained_on = set(torch.load(out / "fold0" / "model.pt", weights_only=True)["metadata"]["train_cases"])
     assert held_out and not held_out & trained_on
+
+
+def test_mask_bank_option_feeds_the_discriminator_and_is_recorded(real_ct_folder, tmp_path):
+    env = cli_env(tmp_path / "home")
+    bank = tmp_path / "bank"
+    bank.mkdir()
+    _, label = load_case("ts_example_ct")
+    write_volume(label, bank / "segmentation-1.nii.gz")  # a LiTS-style liver mask
+    out = tmp_path / "run"
+    proc = _liverseg("train", "di2in_an", "--data", real_ct_folder, "--out", out, "--max-steps", "1",
+                     "--device", "cpu", "--progress", "none", "--mask-bank", bank, *_sets(TINY_DI2IN), env=env)
+    assert proc.returncode == 0, proc.stderr
+    from LiverSegLib.weights import load_checkpoint
+
+    meta = load_checkpoint(out / "model.pt")["metadata"]
+    assert meta["mask_bank"] == [str(bank)] and meta["mask_bank_size"] == 1
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = _liverseg("train", "di2in_an", "--data", real_ct_folder, "--out", tmp_path / "run2", "--max-steps", "1",
+                     "--device", "cpu", "--progress", "none", "--mask-bank", empty, *_sets(TINY_DI2IN), env=env)
+    assert_one_line_error(proc, "no liver masks found")

@@ -62,6 +62,11 @@ def run(args: argparse.Namespace) -> int:
 
     pairs = list_cases(args.data)
     val_pairs = list_cases(args.val) if args.val else []
+    bank = None
+    if args.mask_bank:  # read before anything is prepared: a wrong folder stops the run at once
+        from LiverSegLib.training.mask_bank import load_mask_bank
+
+        bank = load_mask_bank(args.mask_bank, config.stage)
     _check_out(args.out, args.resume, args.overwrite, folds=bool(args.folds))
     info, device = init_distributed(resolve_device(args.device))
     try:
@@ -80,18 +85,19 @@ def run(args: argparse.Namespace) -> int:
                 resume = args.resume and (fold_out / "training_state.pt").is_file()
                 rows += _train_one(args, config, [p for p in pairs if p.name in train_names],
                                    [p for p in pairs if p.name in val_names], fold_out, label_map, info, device,
-                                   fold=k, resume=resume)
+                                   fold=k, resume=resume, bank=bank)
             if info.is_main:
                 _write_table(args.out / "validation.csv", rows)
         else:
-            _train_one(args, config, pairs, val_pairs, args.out, label_map, info, device, resume=args.resume)
+            _train_one(args, config, pairs, val_pairs, args.out, label_map, info, device, resume=args.resume,
+                       bank=bank)
     finally:
         shutdown(info)
     return 0
 
 
 def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info, device, fold=None,
-               resume=False) -> list[dict]:
+               resume=False, bank=None) -> list[dict]:
     from LiverSegLib.training.cases import prepare_cached
     from LiverSegLib.training.datasets import load_pair
     from LiverSegLib.training.distributed import barrier
@@ -117,11 +123,7 @@ def _train_one(args, config, train_pairs, val_pairs, out: Path, label_map, info,
         (out / "config.json").write_text(config.to_json() + "\n")
     meta = {"data": str(args.data), "train_cases": [c.name for c in train_cases],
             "val_cases": [c.name for c in val_cases], "fold": fold}
-    bank = None
-    if args.mask_bank:
-        from LiverSegLib.training.mask_bank import load_mask_bank
-
-        bank = load_mask_bank(args.mask_bank, config.stage)
+    if bank is not None:
         meta["mask_bank"] = [str(p) for p in args.mask_bank]
     trainer = Trainer(config, train_cases, val_cases, out, device, info, args.max_steps, resume, args.init,
                       bar=args.progress == "bar", metadata=meta, real_masks=bank)
