@@ -119,13 +119,10 @@ def _remove_stale_weights(weights: Path, model_id: str, keep: set) -> None:
 
 
 def _entry(model, meta: dict, model_id: str, title: str | None, src: Path, weights_name: str) -> dict[str, Any]:
-    from LiverSegLib.pipeline.stage import stage_config_dict
+    from LiverSegLib.pipeline.stage import stage_catalogue_entry
 
     stage = model.coarse
-    d = stage_config_dict(stage)
-    stage_entry = {"network": d["network"], "weights": weights_name, "sha256": stage.sha256,
-                   "classes": d["classes"], "preprocessing": d["preprocessing"], "batch_cpu": stage.batch_cpu,
-                   "batch_cuda": stage.batch_cuda}
+    stage_entry = stage_catalogue_entry(stage, weights_name)
     labels = [lb for lb in default_labels() if lb.value in stage.classes]
     c = CascadeConfig()
     cases = meta.get("train_cases") or []

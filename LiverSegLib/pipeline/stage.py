@@ -19,7 +19,7 @@ from LiverSegLib.networks import build_network
 from LiverSegLib.weights import load_checkpoint
 
 __all__ = ["StageModel", "StageOutput", "normalize_hu", "histogram_equalize", "normalize_input", "stage_grid",
-           "stage_config_dict"]
+           "stage_config_dict", "stage_catalogue_entry"]
 
 # Grey levels of the histogram equalisation (the Mixed U-Net's S; 8-bit images in the paper).
 HISTEQ_LEVELS = 256
@@ -101,6 +101,14 @@ def stage_config_dict(stage: StageConfig) -> dict:
     """The part of a stage config a checkpoint carries to describe itself."""
     return {"network": stage.network.to_dict(), "classes": list(stage.classes),
             "preprocessing": stage.preprocessing_dict()}
+
+
+def stage_catalogue_entry(stage: StageConfig, weights: str | None = None) -> dict:
+    """The ``models.json`` entry of a stage: its self-description plus weight file, checksum and batch sizes."""
+    d = stage_config_dict(stage)
+    return {"network": d["network"], "weights": stage.weights if weights is None else weights,
+            "sha256": stage.sha256, "classes": d["classes"], "preprocessing": d["preprocessing"],
+            "batch_cpu": stage.batch_cpu, "batch_cuda": stage.batch_cuda}
 
 
 def _as_json(value):

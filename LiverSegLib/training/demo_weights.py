@@ -174,13 +174,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> None:
     """Write ``models.json`` describing the demo model (checksums, preprocessing, cascade, measured accuracy)."""
     from LiverSegLib.config import default_labels
-    from LiverSegLib.pipeline.stage import stage_config_dict
-
-    def stage_entry(stage: StageConfig) -> dict:
-        d = stage_config_dict(stage)
-        return {"network": d["network"], "weights": stage.weights, "sha256": stage.sha256,
-                "classes": d["classes"], "preprocessing": d["preprocessing"], "batch_cpu": stage.batch_cpu,
-                "batch_cuda": stage.batch_cuda}
+    from LiverSegLib.pipeline.stage import stage_catalogue_entry as stage_entry
 
     accuracy: dict = {"method": "leave-one-out over the real cases: each fold trains the cascade without the case "
                                 "with the same recipe and seed, then runs the whole cascade on it"}

@@ -99,6 +99,14 @@ _IRCAD_DIR = re.compile(r"3Dircadb(\d+)\.(\d+)", re.IGNORECASE)
 _LITS_FILE = re.compile(r"segmentation-(\d+)\.nii(\.gz)?", re.IGNORECASE)
 
 
+def _folder(root: Path | str, what: str) -> Path:
+    """``root`` as a Path; a one-line InputError naming ``what`` when it is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{what} folder not found: {root}")
+    return root
+
+
 # ------------------------------------------------------------------------------------------------------ 3D-IRCADb
 
 
@@ -108,9 +116,7 @@ def list_ircad_mask_sets(root: Path | str) -> dict[str, Path]:
     Raises:
         InputError: ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"3D-IRCADb mask folder not found: {root}")
+    root = _folder(root, "3D-IRCADb mask")
     found = {}
     for zip_path in root.glob("*/MASKS_DICOM.zip"):
         match = _IRCAD_DIR.fullmatch(zip_path.parent.name)
@@ -248,9 +254,7 @@ def list_lits_masks(root: Path | str) -> dict[str, Path]:
     Raises:
         InputError: ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"LiTS mask folder not found: {root}")
+    root = _folder(root, "LiTS mask")
     found = {int(m[1]): p for p in root.iterdir() if (m := _LITS_FILE.fullmatch(p.name)) and p.is_file()}
     return {f"lits-{n}": found[n] for n in sorted(found)}
 
@@ -293,9 +297,7 @@ def list_unlabelled_series(root: Path | str) -> list[Path]:
     Raises:
         InputError: ``root`` is not a folder.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"unlabelled CT folder not found: {root}")
+    root = _folder(root, "unlabelled CT")
     return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
                   and p.name.lower().endswith((".nii", ".nii.gz")))
 

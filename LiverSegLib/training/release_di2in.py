@@ -90,27 +90,20 @@ def score_case(weights_dir: Path, case: str) -> dict:
 
 def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     """Add (or replace) the ``di2in-an-liver`` entry in ``path``: DI2IN-AN coarse + the cascade's fine stage."""
-    import math
-
-    from LiverSegLib.training.release_weights import MODEL_VERSION, catalogue_entry
+    from LiverSegLib.pipeline.stage import stage_catalogue_entry
+    from LiverSegLib.training.release_weights import MODEL_VERSION, catalogue_entry, rounded_scores
     from LiverSegLib.weights import sha256_file
 
     shas = {"coarse": sha256_file(weights_dir / "han_liver_coarse.pt"),
             "fine": sha256_file(weights_dir / "han_liver_fine.pt")}
     entry = catalogue_entry(shas, {}, {})
-    d = di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS))
-    from LiverSegLib.pipeline.stage import stage_config_dict
-
-    sd = stage_config_dict(d)
-    entry["stages"]["coarse"] = {"network": sd["network"], "weights": d.weights, "sha256": d.sha256,
-                                 "classes": sd["classes"], "preprocessing": sd["preprocessing"],
-                                 "batch_cpu": d.batch_cpu, "batch_cuda": d.batch_cuda}
+    entry["stages"]["coarse"] = stage_catalogue_entry(di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS)))
     keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision", "lesion_fp")
     accuracy: dict = {"method": "leave-one-out on ircadb1_19 only (CPU time allowed one fold): the fold's DI2IN-AN "
                                 "and cascade fine stage never saw the case (image, masks, mask bank, synthetic CTs)"}
     for f in sorted(release_dir.glob("*/loo_di2in_an_*.json")):
         r = json.loads(f.read_text())
-        accuracy[r["case"]] = {k: (round(float(r[k]), 4) if math.isfinite(float(r[k])) else None) for k in keys}
+        accuracy[r["case"]] = rounded_scores(r, keys)
     entry.update({"id": "di2in-an-liver", "version": MODEL_VERSION,
                   "title": "DI2IN-AN coarse liver model + han-liver fine stage (non-commercial)",
                   "description": "Yang et al. 2017 DI2IN (3D, deep supervision) at 3 mm, trained on the same real and "

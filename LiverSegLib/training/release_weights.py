@@ -163,29 +163,29 @@ def score_case(weights_dir: Path, case: str) -> dict:
 
 
 MODEL_ID = "han-liver"
+#: The scores a catalogue entry quotes from a fold's ``loo_<case>.json``.
+SCORE_KEYS = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision",
+              "lesion_fp", "n_ref_lesions", "n_pred_lesions")
+
+
+def rounded_scores(scores: dict, keys: tuple[str, ...] = SCORE_KEYS) -> dict:
+    """``scores[k]`` rounded to 4 decimals; NaN (e.g. lesion recall without reference lesions) as null (not JSON)."""
+    import math
+
+    return {k: (round(float(scores[k]), 4) if math.isfinite(float(scores[k])) else None) for k in keys if k in scores}
 MODEL_VERSION = "1.0.0"
 
 
 def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: dict[str, float]) -> dict:
     """The ``models.json`` entry of the shipped cascade, quoting the leave-one-out results."""
-    import math
-
     from LiverSegLib.config import default_labels
+    from LiverSegLib.pipeline.stage import stage_catalogue_entry as stage_entry
 
-    def stage_entry(stage: StageConfig) -> dict:
-        from LiverSegLib.pipeline.stage import stage_config_dict
-
-        d = stage_config_dict(stage)
-        return {"network": d["network"], "weights": stage.weights, "sha256": stage.sha256, "classes": d["classes"],
-                "preprocessing": d["preprocessing"], "batch_cpu": stage.batch_cpu, "batch_cuda": stage.batch_cuda}
-
-    keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision",
-            "lesion_fp", "n_ref_lesions", "n_pred_lesions")
     accuracy: dict = {"method": "leave-one-out over the four real labelled CTs: each fold trains both stages without "
                                 "the case in any form (image, masks, synthetic CTs painted from its masks), then runs "
                                 "the whole cascade on it (benchmarks/accuracy.py)"}
     for case, r in sorted(loo.items()):
-        accuracy[case] = {k: (round(float(r[k]), 4) if math.isfinite(float(r[k])) else None) for k in keys if k in r}
+        accuracy[case] = rounded_scores(r)
     return {
         "id": MODEL_ID, "version": MODEL_VERSION,
         "title": "Han 2.5D cascade trained on real CT, mask banks and label-driven synthetic CT (non-commercial)",
