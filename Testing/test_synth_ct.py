@@ -9,6 +9,7 @@ import torch
 from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, ORGANS, is_liver, to_training_label
 from LiverSegLib.training.synth_anatomy import add_body_layers, add_missing_organs, transplant_liver
 from LiverSegLib.training.synth_ct import PHASE_HU, SynthCTConfig, paint_ct, synthesize_ct
+from LiverSegLib.training.synth_thorax import add_thorax
 
 ORG = ORGANS
 SPACING = (2.0, 2.0, 2.5)
@@ -50,21 +51,31 @@ def test_missing_organs_and_layers_fill_body_only():
     assert np.argwhere(done == ORG["spleen"])[:, 2].mean() > np.argwhere(m == ORG["liver"])[:, 2].mean() + 20
 
 
-def test_heart_is_added_above_the_liver_dome_where_the_scan_reaches():
+def test_thorax_extends_the_map_with_lungs_and_a_heart_on_the_diaphragm():
     rng = np.random.default_rng(3)
-    m = _toy_map()
-    tall = np.concatenate([m, np.repeat(m[-1:] * (m[-1:] == ORG["body"]), 30, axis=0)])  # 30 more slices of thorax
-    tall[40:][(tall[40:] == 0) & (np.repeat(m[-1:] > 0, 30, axis=0))] = ORG["body"]
-    done = add_missing_organs(tall, SPACING, rng)
-    heart = np.argwhere(done == ORG["heart"])
-    assert len(heart) > 0
+    m = _toy_map()[:37]  # the map stops 2 slices (5 mm) above the dome, as most 3D-IRCADb mask sets do
+    done = add_thorax(m, SPACING, rng, reach_mm=(60.0, 60.0))
     liver = np.argwhere(m == ORG["liver"])
-    # on the diaphragm: centred above the dome's top slice and to the left of the liver (it shares the dome's upper
-    # axial slices, as a real heart does), never inside the liver
-    assert heart[:, 0].mean() > liver[:, 0].max() and heart[:, 2].mean() > liver[:, 2].mean()
-    assert np.array_equal(done == ORG["liver"], tall == ORG["liver"])
-    # a scan that stops at the dome gets no heart
-    assert not (add_missing_organs(m[:36], SPACING, np.random.default_rng(3)) == ORG["heart"]).any()
+    dome = liver[:, 0].max()
+    # padded up to 60 mm above the dome; the original slices keep every labelled structure
+    assert done.shape == (dome + 1 + 24, *m.shape[1:])
+    kept = m != ORG["body"]
+    assert np.array_equal(done[: m.shape[0]][kept], m[kept])
+    heart, lung = np.argwhere(done == ORG["heart"]), np.argwhere(done == ORG["lung"])
+    assert len(heart) > 0 and len(lung) > 0
+    # the heart: left of the liver's centre and anterior of the spine, sharing the dome's upper axial slices
+    assert heart[:, 0].min() <= dome < heart[:, 0].max()
+    assert heart[:, 2].mean() > liver[:, 2].mean() and heart[:, 1].mean() < 95
+    # lungs lie above the liver in every column they share with it, and both sides of the midline
+    top = np.where((m == ORG["liver"]).any(axis=0), m.shape[0] - 1 - np.argmax((m == ORG["liver"])[::-1], axis=0), -1)
+    assert (lung[:, 0] > top[lung[:, 1], lung[:, 2]]).all()
+    assert (lung[:, 2] < 60).any() and (lung[:, 2] > 90).any()
+    # nothing outside the body; the padded slices continue the spine
+    assert (done[m.shape[0]:][:, m[-1] == 0] == 0).all() and (done[-1] == ORG["bone"]).any()
+    # a map without a liver is returned unchanged
+    empty = np.where(m == ORG["liver"], ORG["body"], m).astype(np.uint8)
+    empty[empty == ORG["lesion"]] = ORG["body"]
+    assert np.array_equal(add_thorax(empty, SPACING, rng), empty)
 
 
 def test_paint_ct_values_follow_phase():

@@ -7,9 +7,9 @@ therefore completed with
 * **body layers** -- subcutaneous fat under the skin, an abdominal-wall muscle ring under it, paraspinal muscles
   beside the spine, and the remaining visceral space split into fat and bowel loops by a thresholded smooth random
   field (:func:`add_body_layers`);
-* **missing organs** -- a spleen, two kidneys, a stomach and a heart, as deformed ellipsoids placed relative to the
-  liver and the spine where the map has none (:func:`add_missing_organs`); they only take voxels that are plain body
-  (the heart: above the liver dome, where the 3D-IRCADb maps leave the mediastinum unlabelled);
+* **missing organs** -- a spleen, two kidneys and a stomach, as deformed ellipsoids placed relative to the liver
+  and the spine where the map has none (:func:`add_missing_organs`); they only take voxels that are plain body (the
+  chest above the liver -- lungs, heart, mediastinum -- is :mod:`~LiverSegLib.training.synth_thorax`'s);
 * **liver transplant** -- the host liver replaced by a manual liver shape from the mask bank (LiTS masks), scaled to
   the host liver's extent, with a random affine jitter (:func:`transplant_liver`).
 
@@ -112,13 +112,12 @@ def _blob(shape: tuple[int, ...], sp: np.ndarray, centre_zyx: np.ndarray, radii_
 
 def add_missing_organs(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float],
                        rng: np.random.Generator) -> np.ndarray:
-    """Add a spleen, kidneys, a stomach and a heart where the map has none; they only replace plain body voxels.
+    """Add a spleen, kidneys and a stomach where the map has none; they only replace plain body voxels.
 
     Positions follow the usual anatomy of a supine patient relative to the liver and the spine: the spleen
     posterior-left at the height of the upper liver, the kidneys either side of the spine at the lower liver, the
-    stomach anterior-left under the diaphragm, the heart anterior and left of the midline on the diaphragm, above
-    the liver dome (a model that never saw one took it for liver on a real scan). Sizes are drawn from adult
-    ranges.
+    stomach anterior-left under the diaphragm. Sizes are drawn from adult ranges. (The heart is placed with the
+    lungs: :func:`~LiverSegLib.training.synth_thorax.add_thorax`.)
     """
     out = organ_map.copy()
     sp = np.asarray(spacing_xyz[::-1], float)
@@ -153,12 +152,6 @@ def add_missing_organs(organ_map: np.ndarray, spacing_xyz: tuple[float, float, f
         m = _blob(organ_map.shape, sp, c, np.array([rng.uniform(45, 70), rng.uniform(25, 45), rng.uniform(30, 50)]),
                   rng, 0.3)
         out[m & (free | (organ_map == _B["bowel"]))] = _B["stomach"]
-    if not (organ_map == _B["heart"]).any() and z_hi + 20.0 / sp[0] < organ_map.shape[0]:
-        c = np.array([z_hi + rng.uniform(20, 45) / sp[0], sy - rng.uniform(75, 105) / sp[1],
-                      sx + (0.06 * width + jitter(10)) / sp[2]])
-        m = _blob(organ_map.shape, sp, c, np.array([rng.uniform(45, 60), rng.uniform(40, 55), rng.uniform(50, 65)]),
-                  rng, 0.15)
-        out[m & free] = _B["heart"]
     return out
 
 

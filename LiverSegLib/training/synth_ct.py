@@ -25,6 +25,7 @@ from scipy import ndimage
 from LiverSegLib.training.organs import ORGANS
 from LiverSegLib.training.synth_anatomy import add_body_layers, add_missing_organs, resample_labels, transplant_liver
 from LiverSegLib.training.synth_lesions import LesionSynthesisConfig, _smooth_field, synthesize_lesions
+from LiverSegLib.training.synth_thorax import add_thorax
 
 __all__ = ["PHASES", "PHASE_HU", "SynthCTConfig", "paint_ct", "synthesize_ct"]
 
@@ -73,6 +74,8 @@ class SynthCTConfig:
         liver_margin_mm: paint only the liver's bounding box plus this margin (a fine stage never looks further than
             its liver box; painting a whole 512 x 512 scan at native resolution costs ten times more).
         add_missing_organs / body_layers: complete the map (:mod:`~LiverSegLib.training.synth_anatomy`).
+        thorax_reach_mm: extend the map this far above the liver dome and fill the chest with lungs, heart and
+            mediastinum (:mod:`~LiverSegLib.training.synth_thorax`); ``None``: leave the map's top as it is.
         lesion_types: probabilities of hypodense, hyperdense and cystic painting of the map's tumours.
         extra_lesions: synthetic lesions added on top (``None``: none); ``extra_lesion_probability`` of the time.
     """
@@ -95,6 +98,7 @@ class SynthCTConfig:
     liver_margin_mm: float | None = None
     add_missing_organs: bool = True
     body_layers: bool = True
+    thorax_reach_mm: tuple[float, float] | None = (50.0, 110.0)
     lesion_types: tuple[float, float, float] = (0.65, 0.2, 0.15)
     extra_lesions: LesionSynthesisConfig | None = LesionSynthesisConfig(n_lesions=(1, 5), radius_mm=(3.0, 20.0))
     extra_lesion_probability: float = 0.5
@@ -250,6 +254,8 @@ def synthesize_ct(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float]
         mask, dsp = donors[int(rng.integers(len(donors)))]
         m = transplant_liver(m, new, mask, dsp, rng)
         facts["transplant"] = True
+    if cfg.thorax_reach_mm is not None:
+        m = add_thorax(m, new, rng, cfg.thorax_reach_mm)
     if cfg.liver_margin_mm is not None:
         m = m[_liver_region(m, sp, cfg.liver_margin_mm)]
     if cfg.add_missing_organs:
