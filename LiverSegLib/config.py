@@ -15,8 +15,13 @@ from LiverSegLib._paths import resources_dir
 from LiverSegLib.errors import ModelError
 from LiverSegLib.types import LabelInfo
 
-__all__ = ["NORMALIZATIONS", "NetworkSpec", "StageConfig", "CascadeConfig", "ModelConfig", "TERMINOLOGY",
-           "default_labels"]
+__all__ = ["DEVICES", "SURFACE_FORMATS", "NORMALIZATIONS", "NetworkSpec", "StageConfig", "CascadeConfig",
+           "ModelConfig", "TERMINOLOGY", "default_labels"]
+
+#: Where a model may run; "auto" takes CUDA when torch sees a GPU.
+DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: Closed-surface file formats the writer offers.
+SURFACE_FORMATS: tuple[str, ...] = ("stl", "obj")
 
 NORMALIZATIONS = ("window", "histeq")
 
@@ -107,6 +112,12 @@ class StageConfig:
             batch_cuda=int(d.get("batch_cuda", 64)),
             normalization=str(pre.get("normalization", "window")),
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The catalogue's stage entry (what :meth:`from_dict` reads)."""
+        return {"network": self.network.to_dict(), "weights": self.weights, "sha256": self.sha256,
+                "classes": list(self.classes), "preprocessing": self.preprocessing_dict(),
+                "batch_cpu": self.batch_cpu, "batch_cuda": self.batch_cuda}
 
     def preprocessing_dict(self) -> dict[str, Any]:
         d = {"hu_window": list(self.hu_window), "spacing_xyz": list(self.spacing_xyz),
@@ -206,14 +217,13 @@ class ModelConfig:
     license: str = ""  # SPDX identifier of the weights' terms (e.g. CC-BY-NC-SA-4.0: non-commercial use only)
     training_data: str = ""
     accuracy: dict[str, Any] = field(default_factory=dict)
+    model_card: str = ""
+    runtimes: dict[str, Any] = field(default_factory=dict)
     weights_dir: str | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], weights_dir: str | None = None) -> ModelConfig:
-        labels = tuple(
-            LabelInfo(int(lb["value"]), lb["name"], tuple(float(c) for c in lb["color_rgb"]), dict(lb["terminology"]))
-            for lb in d.get("labels", [])
-        ) or tuple(default_labels())
+        labels = tuple(LabelInfo.from_dict(lb) for lb in d.get("labels", [])) or tuple(default_labels())
         stages = d["stages"]
         return cls(
             id=d["id"],
@@ -228,8 +238,26 @@ class ModelConfig:
             license=d.get("license", ""),
             training_data=d.get("training_data", ""),
             accuracy=dict(d.get("accuracy", {})),
+            model_card=d.get("model_card", ""),
+            runtimes=dict(d.get("runtimes", {})),
             weights_dir=weights_dir,
         )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``models.json`` entry of this model (what :meth:`from_dict` reads; ``weights_dir`` is where the
+        catalogue lives, not part of the entry). Optional texts and tables are left out when empty."""
+        d: dict[str, Any] = {"id": self.id, "version": self.version, "title": self.title,
+                             "description": self.description, "licence": self.licence}
+        for key in ("license", "training_data", "model_card"):
+            if getattr(self, key):
+                d[key] = getattr(self, key)
+        d["labels"] = [lb.to_dict() for lb in self.labels]
+        d["stages"] = {"coarse": self.coarse.to_dict(), **({"fine": self.fine.to_dict()} if self.fine else {})}
+        d["cascade"] = self.cascade.to_dict()
+        d["accuracy"] = dict(self.accuracy)
+        if self.runtimes:
+            d["runtimes"] = dict(self.runtimes)
+        return d
 
     def weight_path(self, weights: str) -> Path:
         """Absolute path of a weight file named in this model's config (relative names: its ``weights_dir``)."""

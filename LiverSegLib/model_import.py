@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from LiverSegLib._paths import home_dir, resources_dir
-from LiverSegLib.config import CascadeConfig, default_labels
+from LiverSegLib.config import CascadeConfig, ModelConfig, default_labels
 from LiverSegLib.errors import InputError, ModelError
 from LiverSegLib.weights import load_checkpoint, sha256_file
 
@@ -119,26 +119,19 @@ def _remove_stale_weights(weights: Path, model_id: str, keep: set) -> None:
 
 
 def _entry(model, meta: dict, model_id: str, title: str | None, src: Path, weights_name: str) -> dict[str, Any]:
-    from LiverSegLib.pipeline.stage import stage_catalogue_entry
+    from dataclasses import replace
 
-    stage = model.coarse
-    stage_entry = stage_catalogue_entry(stage, weights_name)
-    labels = [lb for lb in default_labels() if lb.value in stage.classes]
-    c = CascadeConfig()
+    stage = replace(model.coarse, weights=weights_name)
     cases = meta.get("train_cases") or []
-    return {
-        "id": model_id,
-        "version": str(meta.get("version", stage.sha256[:12])),
-        "title": title or f"{stage.network.name} imported from {src.name}",
-        "description": f"imported with 'liverseg models import' from {src}",
-        "licence": "user-supplied",
-        "training_data": str(meta.get("data", "unknown")) + (f" ({len(cases)} cases)" if cases else ""),
-        "labels": [{"value": lb.value, "name": lb.name, "color_rgb": list(lb.color_rgb),
-                    "terminology": lb.terminology} for lb in labels],
-        "stages": {"coarse": stage_entry, **({"fine": dict(stage_entry)} if stage.has_lesion else {})},
-        "cascade": c.to_dict(),
-        "accuracy": {"validation": meta["best"]} if isinstance(meta.get("best"), dict) else {},
-    }
+    return ModelConfig(
+        id=model_id, version=str(meta.get("version", stage.sha256[:12])),
+        title=title or f"{stage.network.name} imported from {src.name}",
+        description=f"imported with 'liverseg models import' from {src}", licence="user-supplied",
+        training_data=str(meta.get("data", "unknown")) + (f" ({len(cases)} cases)" if cases else ""),
+        labels=tuple(lb for lb in default_labels() if lb.value in stage.classes),
+        coarse=stage, fine=stage if stage.has_lesion else None, cascade=CascadeConfig(),
+        accuracy={"validation": meta["best"]} if isinstance(meta.get("best"), dict) else {},
+    ).to_dict()
 
 
 def _stage_validated(catalogue: Path, data: dict[str, Any]) -> str:

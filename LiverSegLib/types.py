@@ -96,6 +96,15 @@ class LabelInfo:
     color_rgb: tuple[float, float, float]
     terminology: dict[str, Any]
 
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form used by ``models.json`` and ``summary.json``."""
+        return {"value": self.value, "name": self.name, "color_rgb": list(self.color_rgb),
+                "terminology": self.terminology}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LabelInfo:
+        return cls(int(d["value"]), d["name"], tuple(float(c) for c in d["color_rgb"]), dict(d["terminology"]))
+
 
 @dataclass(frozen=True)
 class LesionRecord:
@@ -127,6 +136,20 @@ class LesionRecord:
             "mean_hu": round(self.mean_hu, 1),
             "max_probability": round(self.max_probability, 4),
         }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> LesionRecord:
+        """The record of an :meth:`as_row` dict, or of a ``lesions.csv`` row (strings); values as rounded there."""
+        return cls(lesion_id=int(row["id"]), voxels=int(row["voxels"]), volume_ml=float(row["volume_ml"]),
+                   max_diameter_mm=float(row["max_diameter_mm"]),
+                   centroid_lps=(float(row["centroid_x_lps_mm"]), float(row["centroid_y_lps_mm"]),
+                                 float(row["centroid_z_lps_mm"])),
+                   mean_hu=float(row["mean_hu"]), max_probability=float(row["max_probability"]))
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The keys of :meth:`as_row`, in order (the ``lesions.csv`` header)."""
+        return list(cls(0, 0, 0.0, 0.0, (0.0, 0.0, 0.0), 0.0, 0.0).as_row())
 
 
 @dataclass
@@ -169,8 +192,7 @@ class SegmentationResult:
             "lesion_count": len(self.lesions),
             "lesion_volume_ml": round(self.lesion_volume_ml, 3),
             "tumour_burden_percent": round(self.tumour_burden_percent, 3),
-            "labels": [{"value": lb.value, "name": lb.name, "color_rgb": list(lb.color_rgb),
-                        "terminology": lb.terminology} for lb in self.labels],
+            "labels": [lb.to_dict() for lb in self.labels],
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "warnings": list(self.warnings),
             "details": self.details,

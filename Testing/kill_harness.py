@@ -61,7 +61,9 @@ def install(pause=None, slow=0.0, marks=None):
 
     writer.write_volume = then(writer.write_volume, "segmentation")
     writer._write_lesions_csv = then(writer._write_lesions_csv, "lesions")
-    writer.render_overview = then(writer.render_overview, "overview")
+    from LiverSegLib.outputs import overview  # the writer imports it when it draws the picture
+
+    overview.render_overview = then(overview.render_overview, "overview")
     move = writer._move_into_place
 
     def move_into_place(tmp, out):

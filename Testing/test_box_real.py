@@ -19,8 +19,8 @@ import pytest
 from LiverSegLib.data.samples import load_case, shared_data_dir
 from LiverSegLib.io import read_volume
 from LiverSegLib.pipeline.box import coarse_liver_box
-from LiverSegLib.pipeline.orientation import to_canonical
-from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+from LiverSegLib.pipeline.geometry import to_canonical
+from LiverSegLib.pipeline.grids import resample_to_shape, stage_shape
 from LiverSegLib.training.demo_weights import COARSE_SPACING, demo_cascade
 from LiverSegLib.types import Volume
 

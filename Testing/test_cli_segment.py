@@ -228,9 +228,10 @@ def rerun(tmp_path_factory, ckpt, env):
     path = write_volume(mr, root / "mr.nii.gz")
     out = root / "out"
     out.mkdir()
-    (out / "summary.json").write_text('{"old": true}\n')
+    # an earlier run's results, written before summaries named their producer
+    (out / "summary.json").write_text('{"model": {"id": "old"}, "outputs": ["segmentation.nii.gz", "old.csv"]}\n')
     (out / "segmentation.nii.gz").write_bytes(b"old labelmap")
-    (out / "notes.txt").write_text("from an earlier run\n")
+    (out / "old.csv").write_text("from an earlier run\n")
     before = file_tree(root)
     refused = run_cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", env=env)
     after_refusal = file_tree(root)
@@ -248,8 +249,30 @@ def test_existing_results_are_kept_without_overwrite_and_replaced_with_it(rerun)
     out = root / "out"
     assert json.loads((out / "summary.json").read_text())["model"]["id"] == MODEL_ID
     _assert_same_grid(read_volume(out / "segmentation.nii.gz"), mr)
-    assert not (out / "notes.txt").exists()  # the folder is the new results, not a mixture
+    assert not (out / "old.csv").exists()  # the folder is the new results, not a mixture
+    assert json.loads((out / "summary.json").read_text())["producer"]["name"] == "LiverSeg"
     assert sorted(p.name for p in root.iterdir()) == ["mr.nii.gz", "out"]  # no backup or temporary folder left
+
+
+def test_a_folder_with_the_users_files_is_refused_even_with_overwrite(tmp_path, ckpt, env):
+    """A user's file in the output folder is never deleted: refused with one line, folder untouched (issue 10)."""
+    ct, _ = make_phantom(SHAPE, SPACING, seed=12)
+    path = write_volume(ct, tmp_path / "ct.nii.gz")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes\n")
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "summary.json").write_text('{"producer": {"name": "LiverSeg"}, "outputs": ["lesions.csv"]}\n')
+    (mixed / "lesions.csv").write_text("label\n")
+    (mixed / "sub").mkdir()
+    (mixed / "sub" / "report.docx").write_bytes(b"the user's report")
+    before = file_tree(tmp_path)
+    for out, text in ((mine, "not LiverSeg results (notes.txt)"), (mixed, "did not write (sub/report.docx)")):
+        for extra in ((), ("--overwrite",)):
+            refused = run_cli(path, "-o", out, "--model-file", ckpt, "--device", "cpu", *extra, env=env)
+            assert_one_line_error(refused, text, "nothing was changed")
+    assert file_tree(tmp_path) == before
 
 
 def test_mr_like_intensities_run_with_a_not_ct_warning(rerun):

@@ -60,14 +60,16 @@ def test_parameter_node_fields():
         "model": "str",
         "device": "Annotated[str, Choice(['auto', 'cpu', 'cuda'])]",
         "quick": "bool",
+        "customLesionThreshold": "bool",
         "lesionThreshold": "Annotated[float, WithinRange(0.0, 1.0)]",
         "show3D": "bool",
         "surfaceFormat": "Annotated[str, Choice(['STL', 'OBJ'])]",
         "surfaceFolder": "pathlib.Path",
     }
     defaults = {name: ast.literal_eval(f.value) for name, f in fields.items() if f.value is not None}
-    assert defaults == {"model": "", "device": "auto", "quick": False, "lesionThreshold": 0.8, "show3D": True,
-                        "surfaceFormat": "STL"}
+    # customLesionThreshold off by default: the model's own threshold (models.json) applies, the slider shows it
+    assert defaults == {"model": "", "device": "auto", "quick": False, "customLesionThreshold": False,
+                        "lesionThreshold": 0.8, "show3D": True, "surfaceFormat": "STL"}
 
 
 # ------------------------------------------------------------------------------------------------------- the .ui
@@ -216,15 +218,34 @@ def _pyproject_dependencies() -> list[str]:
 
 
 def test_first_run_requirements_match_the_library_dependencies():
-    tree = module_tree()
-    assigned = {ast.unparse(s.targets[0]): s.value for s in tree.body if isinstance(s, ast.Assign)}
-    requirements = ast.literal_eval(assigned["REQUIREMENTS"])
-    # torch comes from the PyTorch extension; numpy, vtk and matplotlib ship with Slicer
-    from_slicer = {"torch", "numpy", "vtk", "matplotlib"}
-    expected = [d for d in _pyproject_dependencies() if re.match(r"[A-Za-z0-9_.-]+", d).group(0) not in from_slicer]
-    assert sorted(requirements) == sorted(expected), "LiverSeg.REQUIREMENTS differs from pyproject.toml"
-    for requirement, module in requirements.items():  # the import names are right (all are installed here)
-        assert importlib.util.find_spec(module) is not None, f"{requirement}: no module named {module}"
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    from LiverSegSlicer.dependencies import missingRequirements, readRequirements, torchProblem
+
+    requirements = readRequirements()
+    # numpy and vtk ship with Slicer; matplotlib is only for the CLI's overview picture (Slicer's runner asks none)
+    not_in_slicer = {"numpy", "vtk", "matplotlib"}
+    expected = [d for d in _pyproject_dependencies() if re.match(r"[A-Za-z0-9_.-]+", d).group(0) not in not_in_slicer]
+    assert sorted(r.spec for r in requirements) == sorted(expected), "requirements.txt differs from pyproject.toml"
+    assert [r.via for r in requirements if r.name == "torch"] == ["PyTorchUtils"]
+    for r in requirements:  # the import names are right (all are installed here)
+        assert importlib.util.find_spec(r.module) is not None, f"{r.spec}: no module named {r.module}"
+    assert missingRequirements() == [] and torchProblem() is None  # this environment has everything
+    # the module file reads the same file instead of keeping its own list
+    assert "REQUIREMENTS = {" not in MODULE_PY.read_text()
+
+
+def test_version_checks_report_old_packages(tmp_path):
+    if str(MODULE_DIR) not in sys.path:
+        sys.path.insert(0, str(MODULE_DIR))
+    from LiverSegSlicer.dependencies import missingRequirements, readRequirements, torchProblem
+
+    path = tmp_path / "requirements.txt"
+    path.write_text("torch>=99.0  # via: PyTorchUtils\nnumpy>=1.0\nscipy>=999\nno-such-dist>=1  # import: nosuchmod\n")
+    reqs = readRequirements(path)
+    assert [(r.name, r.module, r.minimum) for r in reqs][-1] == ("no-such-dist", "nosuchmod", "1")
+    assert missingRequirements(reqs) == ["scipy>=999", "no-such-dist>=1"]
+    assert "older than the 99.0 LiverSeg needs" in torchProblem(reqs)
 
 
 def test_names_the_widget_uses_exist_in_liversegslicer():

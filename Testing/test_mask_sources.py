@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from LiverSegLib.data.samples import _label_onto, load_case, shared_data_dir
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.reorient import _image as sitk_image
+from LiverSegLib.pipeline.geometry import _image as sitk_image
 from LiverSegLib.training import mask_sources as ms
 from LiverSegLib.training.organs import ORGANS
 from LiverSegLib.types import Volume

@@ -268,7 +268,8 @@ def test_killed_or_cancelled_slicer_runs_leave_the_scene_unchanged(slicer_case, 
     plans = {  # name: (pause after writer step, when to act, action, output segmentation)
         "killpg-in-model": (None, lambda r: ("fine" in r["stages"]), "killpg", None),
         "kill-mid-write": ("segmentation", lambda r: "segmentation" in r["marks"](), "kill", None),
-        "cancel-mid-write": ("overview", lambda r: "overview" in r["marks"](), "cancel", manual),
+        # the Slicer runner asks for no overview picture: "lesions" is the last step before the summary
+        "cancel-mid-write": ("lesions", lambda r: "lesions" in r["marks"](), "cancel", manual),
         "killpg-complete": ("record", lambda r: "record" in r["marks"](), "killpg", manual),
     }
     runs = {}
@@ -281,7 +282,7 @@ def test_killed_or_cancelled_slicer_runs_leave_the_scene_unchanged(slicer_case, 
                "marks": lambda marks=marks: marks.read_text().split() if marks.exists() else []}
         logic.start(node, output, modelFile=str(ckpt), device="cpu", lesionThreshold=0.5,
                     progress=lambda stage, fraction, run=run: run["stages"].append(stage))
-        run["pid"], run["folder"] = runner.pid, runner.workFolder
+        run["pid"], run["folder"] = runner.pid, runner.work_folder
         runs[name] = run
     try:
         deadline = time.monotonic() + 150
@@ -316,9 +317,9 @@ def test_killed_or_cancelled_slicer_runs_leave_the_scene_unchanged(slicer_case, 
             assert isinstance(run["error"], CancelledError), (name, run["error"])
         else:
             error = run["error"]
-            assert isinstance(error, RunnerError) and error.exitCode == 1, (name, error)
+            assert isinstance(error, RunnerError) and error.exit_code == 1, (name, error)
             assert "\n" not in error.message and "SIGKILL" in error.message, error.message
-        assert run["logic"].lastResult is None and not run["runner"].isRunning
+        assert run["logic"].lastResult is None and not run["runner"].is_running
         assert not sf.process_group_alive(run["pid"]), name
         assert not run["folder"].exists(), f"{name}: work folder left behind"
     assert _snapshot(sf, scene) == before  # same nodes, no half-made segmentation node, "manual" untouched

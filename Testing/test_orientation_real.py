@@ -30,9 +30,14 @@ import SimpleITK as sitk  # noqa: N813
 import LiverSegLib.pipeline.predictor as predictor_module
 from LiverSegLib.data.samples import load_case
 from LiverSegLib.io import read_volume, write_volume
-from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
+from LiverSegLib.pipeline.geometry import (
+    MAX_OBLIQUITY_DEG,
+    needs_resampling,
+    obliquity_deg,
+    to_axial_grid,
+    to_canonical,
+)
 from LiverSegLib.pipeline.predictor import Predictor
-from LiverSegLib.pipeline.reorient import MAX_OBLIQUITY_DEG, needs_resampling, to_axial_grid
 from LiverSegLib.types import Volume
 
 QUICK = {"quick": True}

@@ -18,6 +18,7 @@ from vtkmodules.vtkFiltersCore import vtkPolyDataNormals
 
 from LiverSegLib.errors import InputError, OutputExistsError
 from LiverSegLib.io import read_volume
+from LiverSegLib.outputs import overview as overview_module
 from LiverSegLib.outputs import writer
 from LiverSegLib.outputs.overview import radiological_view, render_overview
 from LiverSegLib.outputs.surfaces import export_surfaces, labelmap_surface
@@ -237,22 +238,34 @@ def test_check_output_dir(tmp_path):
     with pytest.raises(InputError, match=r"output path .*file is a file, not a folder"):
         writer.check_output_dir(tmp_path / "file", overwrite=True)
     (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "summary.json").write_text("{}")
+    (tmp_path / "full" / "summary.json").write_text('{"producer": {"name": "LiverSeg"}, "outputs": ["a.csv"]}')
+    (tmp_path / "full" / "a.csv").write_text("x")
     with pytest.raises(OutputExistsError) as info:
         writer.check_output_dir(tmp_path / "full", overwrite=False)
     assert str(info.value) == (f"output folder {tmp_path / 'full'} already holds LiverSeg results (summary.json ...); "
                                "pass --overwrite to replace them or choose another folder")
     writer.check_output_dir(tmp_path / "full", overwrite=True)
+    # a summary.json that is not LiverSeg's ({} or another tool's) does not make a folder ours to replace
+    for name, summary in (("empty_summary", "{}"), ("other_tool", '{"producer": {"name": "X"}, "outputs": []}'),
+                          ("broken", "{not json")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(summary)
+        with pytest.raises(OutputExistsError, match="not LiverSeg results"):
+            writer.check_output_dir(tmp_path / name, overwrite=True)
+    # a file the summary does not list is the user's: refused even with overwrite
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"did not write \(notes.txt\)"):
+        writer.check_output_dir(tmp_path / "full", overwrite=True)
 
 
 def test_writer_refuses_existing_results_and_changes_nothing(tmp_path):
     ct, labels = _phantom()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("old")
+    (out / "summary.json").write_text(OLD_SUMMARY)
     with pytest.raises(OutputExistsError):
         writer.write_case_outputs(_result(ct, labels), ct, out)
-    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "old"
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == OLD_SUMMARY
     assert _leftovers(tmp_path) == []
 
 
@@ -260,11 +273,15 @@ def test_overwrite_replaces_old_results(tmp_path):
     ct, labels = _phantom()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "stale.txt").write_text("old")
+    (out / "stale.txt").write_text("old")  # written by an earlier LiverSeg version, listed in its summary
+    (out / "summary.json").write_text('{"producer": {"name": "LiverSeg"}, "outputs": ["stale.txt"]}')
     writer.write_case_outputs(_result(ct, labels), ct, out, overwrite=True, surfaces="obj")
     assert not (out / "stale.txt").exists() and (out / "summary.json").is_file()
     assert sorted(p.name for p in (out / "surfaces").iterdir()) == ["Liver_LPS.obj", "Liver_lesion_LPS.obj"]
     assert _leftovers(tmp_path) == []
+
+
+OLD_SUMMARY = '{"producer": {"name": "LiverSeg"}, "outputs": []}'
 
 
 def _boom(*args, **kwargs):
@@ -273,7 +290,7 @@ def _boom(*args, **kwargs):
 
 def test_failure_mid_write_leaves_nothing_behind(tmp_path, monkeypatch):
     ct, labels = _phantom()
-    monkeypatch.setattr(writer, "render_overview", _boom)
+    monkeypatch.setattr(overview_module, "render_overview", _boom)
     with pytest.raises(RuntimeError, match="injected failure"):
         writer.write_case_outputs(_result(ct, labels), ct, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
@@ -283,11 +300,11 @@ def test_failure_mid_write_keeps_old_results(tmp_path, monkeypatch):
     ct, labels = _phantom()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("old")
-    monkeypatch.setattr(writer, "render_overview", _boom)
+    (out / "summary.json").write_text(OLD_SUMMARY)
+    monkeypatch.setattr(overview_module, "render_overview", _boom)
     with pytest.raises(RuntimeError):
         writer.write_case_outputs(_result(ct, labels), ct, out, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "old"
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == OLD_SUMMARY
     assert _leftovers(tmp_path) == []
 
 
@@ -295,7 +312,7 @@ def test_failure_while_swapping_folders_restores_old_results(tmp_path, monkeypat
     ct, labels = _phantom()
     out = tmp_path / "out"
     out.mkdir()
-    (out / "summary.json").write_text("old")
+    (out / "summary.json").write_text(OLD_SUMMARY)
     real_rename = os.rename
 
     def rename(src, dst):
@@ -306,7 +323,7 @@ def test_failure_while_swapping_folders_restores_old_results(tmp_path, monkeypat
     monkeypatch.setattr(writer.os, "rename", rename)
     with pytest.raises(OSError, match="injected rename failure"):
         writer.write_case_outputs(_result(ct, labels), ct, out, overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == "old"
+    assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == OLD_SUMMARY
     assert _leftovers(tmp_path) == []
 
 

@@ -9,10 +9,9 @@ from LiverSegLib.config import CascadeConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import coarse_liver_box, coarse_voxel_ml, liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
-from LiverSegLib.pipeline.orientation import obliquity_deg, to_canonical
-from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape, stage_to_native_index
-from LiverSegLib.pipeline.sampling import sample_to_native
-from LiverSegLib.postprocess import largest_component, lesion_table, max_diameter_mm, prune_lesions
+from LiverSegLib.pipeline.geometry import obliquity_deg, to_canonical
+from LiverSegLib.pipeline.grids import resample_to_shape, sample_to_native, stage_shape, stage_to_native_index
+from LiverSegLib.pipeline.postprocess import largest_component, lesion_table, max_diameter_mm, prune_lesions
 from LiverSegLib.types import Volume
 
 

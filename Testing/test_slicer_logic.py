@@ -265,7 +265,7 @@ def test_failing_runner_leaves_the_scene_as_it_was(phantom_scene):
     before = scene_state(scene)
     with pytest.raises(RunnerError) as info:
         logic.process(node)
-    assert info.value.message == "the model exploded" and info.value.exitCode == 1
+    assert info.value.message == "the model exploded" and info.value.exit_code == 1
     assert scene_state(scene) == before and logic.lastResult is None
 
 
@@ -443,7 +443,7 @@ def test_process_folder_writes_cli_outputs_skips_done_cases_and_survives_a_bad_o
     lines = []
     results = processFolder(src, out, modelFile=str(ckpt), device="cpu", lesionThreshold=0.5, log=lines.append)
     assert [(r.case, r.status) for r in results] == [("broken", "failed"), ("case1", "done"), ("case2", "done")]
-    assert results[0].exitCode == 2 and "broken.nrrd" in results[0].message
+    assert results[0].exit_code == 2 and "broken.nrrd" in results[0].message
     assert {p.name for p in (out / "case1").iterdir()} == {"segmentation.nii.gz", "lesions.csv", "summary.json",
                                                            "overview.png"}
     seg = read_volume(out / "case1" / "segmentation.nii.gz")

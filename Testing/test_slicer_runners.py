@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 import slicer_fixtures  # isort: skip # noqa: F401 (first: skips without slicer-core, puts LiverSeg/ on sys.path)
-from LiverSegSlicer import InProcessRunner, LiverSegLogic, RunnerError, RunOptions, SubprocessRunner, volumeFromNode
-from LiverSegSlicer.subprocess_runner import pythonExecutable
+from LiverSegSlicer import InProcessRunner, LiverSegLogic, RunnerError, SubprocessRunner, volumeFromNode
 from slicer_fixtures import (
     SHAPE,
     SPACING,
@@ -32,6 +31,8 @@ from LiverSegLib.data.phantoms import make_phantom
 from LiverSegLib.errors import CancelledError
 from LiverSegLib.io import write_volume
 from LiverSegLib.pipeline.checkpoint_model import model_from_checkpoint
+from LiverSegLib.runs import SegmentOptions
+from LiverSegLib.runs.subprocess_runner import python_executable
 
 STAGES = ["read", "coarse", "fine", "post", "write"]
 
@@ -84,12 +85,26 @@ def test_subprocess_runner_gives_the_library_result_in_the_scene(setup, private_
     assert order == [*STAGES, "import"], order
     assert all(0.0 <= f <= 1.0 for _, f in events)
     assert logic.lastResult.model_id == "slicer-test-tiny"
+    assert logic.lastResult.details["lesion_threshold"] == 0.5  # the user's value reached the child
     assert [lb.name for lb in logic.lastResult.labels] == ["Liver", "Liver lesion"]
     assert len(logic.lastResult.lesions) == len(reference.lesions)
     assert seg.GetAttribute("LiverSeg.LesionCount") == str(len(reference.lesions))
     sh = scene.GetSubjectHierarchyNode()
     assert sh.GetItemParent(sh.GetItemByDataNode(seg)) == setup["study"]
     logic.removeNode(seg)
+
+
+def test_the_models_own_lesion_threshold_reaches_the_child_unless_the_user_sets_one(setup, private_tempdir):
+    """Issue 10: the GUI used to pass 0.8 always, overriding a model's models.json threshold."""
+    scene, node = setup["scene"], setup["node"]
+    model_value = model_from_checkpoint(setup["ckpt"]).cascade.lesion_threshold
+    logic = LiverSegLogic(scene, SubprocessRunner(env=setup["env"]))
+    seg = logic.process(node, modelFile=str(setup["ckpt"]), device="cpu", quick=True)  # no threshold given
+    assert logic.lastResult.details["lesion_threshold"] == model_value != 0.5
+    logic.removeNode(seg)
+    from LiverSegLib.registry import load_registry
+
+    assert LiverSegLogic.modelLesionThreshold() == load_registry().get().cascade.lesion_threshold
 
 
 def test_cancel_kills_the_process_group_and_leaves_the_scene_unchanged(setup, private_tempdir):
@@ -99,7 +114,7 @@ def test_cancel_kills_the_process_group_and_leaves_the_scene_unchanged(setup, pr
     before = scene_state(scene)
     events = []
     logic.start(node, modelFile=str(setup["ckpt"]), device="cpu", progress=lambda s, f: events.append(s))
-    pid, folder = runner.pid, runner.workFolder
+    pid, folder = runner.pid, runner.work_folder
     header = (folder / "input.nrrd").read_bytes()[:400].decode("latin-1")
     assert "encoding: raw" in header  # uncompressed exchange file
     if os.name != "nt":
@@ -126,8 +141,8 @@ def test_a_progress_callback_can_cancel_a_blocking_run(setup, private_tempdir):
         raise CancelledError("stop")
 
     with pytest.raises(CancelledError):
-        runner.run(volumeFromNode(setup["node"]), RunOptions(modelFile=str(setup["ckpt"]), device="cpu"), stop)
-    assert seen and not runner.isRunning
+        runner.run(volumeFromNode(setup["node"]), SegmentOptions(model_file=str(setup["ckpt"]), device="cpu"), stop)
+    assert seen and not runner.is_running
     if os.name != "nt":
         assert not process_group_alive(seen[0])
 
@@ -139,7 +154,7 @@ def test_cli_failure_becomes_a_runner_error_with_its_message(setup, private_temp
     missing = setup["root"] / "gone.pt"
     with pytest.raises(RunnerError) as info:
         logic.process(node, modelFile=str(missing), device="cpu")
-    assert info.value.exitCode == 2 and info.value.isInputError
+    assert info.value.exit_code == 2 and info.value.is_input_error
     assert "model file not found" in info.value.message and "gone.pt" in info.value.message
     assert "\n" not in info.value.message
     assert scene_state(scene) == before
@@ -154,22 +169,25 @@ def test_a_killed_child_is_reported_as_such(setup, private_tempdir, tmp_path):
     logic = LiverSegLogic(setup["scene"], SubprocessRunner(python=str(script)))
     with pytest.raises(RunnerError) as info:
         logic.process(setup["node"])
-    assert info.value.exitCode == 1 and "SIGKILL" in info.value.message and "memory" in info.value.message
+    assert info.value.exit_code == 1 and "SIGKILL" in info.value.message and "memory" in info.value.message
     assert scene_state(setup["scene"]) == before
 
 
 def test_command_line_and_interpreter():
     runner = SubprocessRunner(python="/opt/py")
-    cmd = runner.command("in.nrrd", "out", RunOptions(model="m1", device="cpu", lesionThreshold=0.65, quick=True))
+    cmd = runner.command("in.nrrd", "out", SegmentOptions(model="m1", device="cpu", lesion_threshold=0.65, quick=True,
+                                                          surfaces="obj", overwrite=True))
     assert cmd[:4] == ["/opt/py", "-m", "LiverSegLib", "segment"]
     text = " ".join(cmd)
     for part in ("in.nrrd -o out", "--progress json", "--model m1", "--device cpu", "--lesion-threshold 0.65",
-                 "--quick"):
+                 "--quick", "--no-overview"):
         assert part in text
-    file_cmd = " ".join(runner.command("in.nrrd", "out", RunOptions(model="m1", modelFile="/w/x.pt",
-                                                                     lesionThreshold=None)))
+    # the child's folder is private and new; surfaces are the caller's business
+    assert "--overwrite" not in text and "--surfaces" not in text
+    file_cmd = " ".join(runner.command("in.nrrd", "out", SegmentOptions(model_file="/w/x.pt")))
+    # no threshold given: none passed, so that the child uses the model's own (models.json) value
     assert "--model-file /w/x.pt" in file_cmd and "--model " not in file_cmd and "--lesion-threshold" not in file_cmd
-    assert pythonExecutable() == sys.executable  # no slicer.app here: this interpreter
+    assert python_executable() == sys.executable  # no slicer.app here: this interpreter
     assert not hasattr(slicer, "app")
 
 
@@ -183,8 +201,8 @@ def test_in_process_runner_reuses_its_model_and_runs_without_blocking(setup):
     torch.set_num_threads(1)
     try:
         runner = InProcessRunner()
-        options = RunOptions(modelFile=str(setup["ckpt"]), device="cpu", lesionThreshold=0.5)
-        assert runner.predictorFor(options) is runner.predictorFor(options)
+        options = SegmentOptions(model_file=str(setup["ckpt"]), device="cpu", lesion_threshold=0.5)
+        assert runner.predictor_for(options) is runner.predictor_for(options)
         volume = volumeFromNode(setup["node"])
         blocking = runner.run(volume, options)
         events = []
@@ -194,7 +212,7 @@ def test_in_process_runner_reuses_its_model_and_runs_without_blocking(setup):
             result = runner.poll(timeout=0.05)
             assert time.monotonic() < deadline
         np.testing.assert_array_equal(result.labelmap.array_zyx, blocking.labelmap.array_zyx)
-        assert {s for s, _ in events} >= {"coarse", "fine", "post"} and not runner.isRunning
+        assert {s for s, _ in events} >= {"coarse", "fine", "post"} and not runner.is_running
 
         runner.start(volume, options)
         runner.cancel()  # before the first progress report: the run stops there
@@ -203,8 +221,8 @@ def test_in_process_runner_reuses_its_model_and_runs_without_blocking(setup):
                 pass
         failing = InProcessRunner()
         with pytest.raises(RunnerError) as info:
-            failing.run(volume, RunOptions(modelFile=str(setup["root"] / "gone.pt")))
-        assert info.value.exitCode == 2
+            failing.run(volume, SegmentOptions(model_file=str(setup["root"] / "gone.pt")))
+        assert info.value.exit_code == 2
     finally:
         torch.set_num_threads(threads)
 
@@ -230,9 +248,9 @@ def test_killing_a_lone_group_leader_is_harmless(setup):
         pytest.skip("POSIX process groups")
     import subprocess
 
-    from LiverSegSlicer.subprocess_runner import _killTree
+    from LiverSegLib.runs.subprocess_runner import _kill_tree
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"], start_new_session=True)
     proc.wait()
-    _killTree(proc)
+    _kill_tree(proc)
     assert proc.returncode == 0

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 from LiverSegLib.data.phantoms import make_phantom  # noqa: E402
 from LiverSegLib.data.samples import load_case  # noqa: E402
-from LiverSegLib.pipeline.orientation import to_canonical  # noqa: E402
+from LiverSegLib.pipeline.geometry import to_canonical  # noqa: E402
 from LiverSegLib.training.synth_lesions import LesionSynthesisConfig, synthesize_lesions  # noqa: E402
 from LiverSegLib.types import Volume  # noqa: E402
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from LiverSegLib.data.samples import load_case
     from LiverSegLib.io import write_volume
-    from LiverSegLib.pipeline.orientation import to_canonical
+    from LiverSegLib.pipeline.geometry import to_canonical
 
     ct, _ = load_case("ts_example_dicom")
     block, _ = to_canonical(ct)

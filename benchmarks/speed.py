@@ -50,7 +50,7 @@ from LiverSegLib.data import samples  # noqa: E402
 from LiverSegLib.errors import InputError  # noqa: E402
 from LiverSegLib.io import read_volume, write_volume  # noqa: E402
 from LiverSegLib.outputs import write_case_outputs  # noqa: E402
-from LiverSegLib.pipeline.orientation import to_canonical  # noqa: E402
+from LiverSegLib.pipeline.geometry import to_canonical  # noqa: E402
 from LiverSegLib.pipeline.predictor import Predictor, resolve_device  # noqa: E402
 from LiverSegLib.types import Volume  # noqa: E402
 

@@ -22,7 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from LiverSegLib.pipeline.orientation import to_canonical  # noqa: E402
+from LiverSegLib.pipeline.geometry import to_canonical  # noqa: E402
 from LiverSegLib.training.synth_pool import load_pool  # noqa: E402
 
 

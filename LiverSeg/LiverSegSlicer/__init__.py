@@ -11,23 +11,28 @@ Example (Slicer's Python console)::
     table = logic.computeStatistics(seg, getNode("CT"))
     logic.exportSurfaces(seg, "/tmp/surfaces")             # Liver_LPS.stl, Liver_lesion_LPS.stl
 
+The runners and the run options are LiverSegLib's (:mod:`LiverSegLib.runs`), re-exported here for the console.
+
 Coordinate systems: LiverSegLib works in LPS (ITK/DICOM); nodes, segment geometry and the statistics table's
 centroids are RAS (Slicer); surface files are LPS by default, as Slicer's own export, and say so in their names.
 """
 
 from __future__ import annotations
 
+from LiverSegLib.runs.options import SegmentOptions
+from LiverSegLib.runs.runners import InProcessRunner, RunnerError
+from LiverSegLib.runs.subprocess_runner import SubprocessRunner
+
 from .batch import CaseResult, findCases, processFolder
+from .dependencies import ensureDependencies
 from .logic import LiverSegLogic
-from .runners import InProcessRunner, RunnerError, RunOptions
 from .segmentation_writer import terminologyTag
 from .statistics import computeStatistics, segmentArray
-from .subprocess_runner import SubprocessRunner, pythonExecutable
 from .surfaces import exportSurfaces
 from .volumes import volumeFromNode
 
 __all__ = [
-    "LiverSegLogic", "RunOptions", "RunnerError", "InProcessRunner", "SubprocessRunner", "pythonExecutable",
-    "exportSurfaces", "computeStatistics", "segmentArray", "processFolder", "findCases", "CaseResult",
-    "volumeFromNode", "terminologyTag",
+    "LiverSegLogic", "SegmentOptions", "RunnerError", "InProcessRunner", "SubprocessRunner", "exportSurfaces",
+    "computeStatistics", "segmentArray", "processFolder", "findCases", "CaseResult", "volumeFromNode",
+    "terminologyTag", "ensureDependencies",
 ]

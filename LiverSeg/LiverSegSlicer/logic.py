@@ -11,9 +11,10 @@ import numpy as np
 import slicer
 
 from LiverSegLib.errors import InputError
+from LiverSegLib.runs.options import SegmentOptions
+from LiverSegLib.runs.runners import ProgressCallback
 from LiverSegLib.types import SegmentationResult, Volume
 
-from .runners import ProgressCallback, RunOptions
 from .segmentation_writer import (
     ATTRIBUTE_PREFIX,
     BINARY_LABELMAP,
@@ -26,13 +27,18 @@ from .volumes import volumeFromNode
 
 __all__ = ["LiverSegLogic"]
 
+try:  # inside Slicer: a proper scripted-module logic (parameter nodes, Slicer's conventions)
+    from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic as _LogicBase
+except ImportError:  # headless slicer-core has MRML but not the scripted-module framework
+    _LogicBase = object
+
 
 def _report(progress: ProgressCallback | None, stage: str, fraction: float) -> None:
     if progress is not None:
         progress(stage, fraction)
 
 
-class LiverSegLogic:
+class LiverSegLogic(_LogicBase):
     """Segments the liver and liver lesions of a CT volume node into a segmentation node.
 
     Args:
@@ -46,12 +52,14 @@ class LiverSegLogic:
     """
 
     def __init__(self, scene=None, runner=None) -> None:
+        if _LogicBase is not object:
+            _LogicBase.__init__(self)
         if scene is None:
             scene = getattr(slicer, "mrmlScene", None)
             if scene is None:
                 raise ValueError("no MRML scene: outside Slicer pass one, e.g. LiverSegLogic(slicer.vtkMRMLScene())")
         if runner is None:
-            from .subprocess_runner import SubprocessRunner
+            from LiverSegLib.runs.subprocess_runner import SubprocessRunner
 
             runner = SubprocessRunner()
         self.scene = scene
@@ -60,6 +68,23 @@ class LiverSegLogic:
         self._pending: tuple | None = None
 
     # ---------------------------------------------------------------- running
+    @staticmethod
+    def modelLesionThreshold(model: str | None = None) -> float | None:
+        """The lesion threshold a catalogue model uses unless told otherwise (``None``: catalogue unreadable)."""
+        try:
+            from LiverSegLib.registry import load_registry
+
+            return float(load_registry().get(model).cascade.lesion_threshold)
+        except Exception:  # noqa: BLE001 - e.g. jsonschema not installed yet: the GUI then shows its own value
+            return None
+
+    @staticmethod
+    def options(model: str | None = None, modelFile: str | None = None, device: str = "auto",
+                lesionThreshold: float | None = None, quick: bool = False) -> SegmentOptions:
+        """The library's run options for Slicer's keyword arguments (validated: bad values raise InputError)."""
+        return SegmentOptions(model=model, model_file=modelFile, device=device, lesion_threshold=lesionThreshold,
+                              quick=quick)
+
     def _prepare(self, inputVolume, outputSegmentation) -> Volume:
         volume = volumeFromNode(inputVolume)
         if inputVolume.GetScene() is not self.scene:
@@ -72,7 +97,7 @@ class LiverSegLogic:
         return volume
 
     def process(self, inputVolume, outputSegmentation=None, *, model: str | None = None, modelFile: str | None = None,
-                device: str = "auto", lesionThreshold: float | None = 0.8, quick: bool = False,
+                device: str = "auto", lesionThreshold: float | None = None, quick: bool = False,
                 progress: ProgressCallback | None = None):
         """Segment ``inputVolume`` (blocking) and return the segmentation node.
 
@@ -82,7 +107,8 @@ class LiverSegLogic:
                 success); ``None`` (default) always creates a new node and never touches existing ones.
             model / modelFile: catalogue model id, or a checkpoint file (wins); both ``None``: default model.
             device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-            lesionThreshold: minimum of a lesion's maximum probability (Han: 0.8); ``None``: the model's default.
+            lesionThreshold: minimum of a lesion's maximum probability; ``None`` (default): the model's own value
+                (``cascade.lesion_threshold`` in ``models.json``).
             quick: 3 mm grid for both stages (fast on slow CPUs).
             progress: ``progress(stage, fraction)``; raising :class:`LiverSegLib.CancelledError` in it cancels.
 
@@ -96,12 +122,11 @@ class LiverSegLogic:
             CancelledError: the run was cancelled.
         """
         volume = self._prepare(inputVolume, outputSegmentation)
-        options = RunOptions(model, modelFile, device, lesionThreshold, quick)
-        result = self.runner.run(volume, options, progress)
+        result = self.runner.run(volume, self.options(model, modelFile, device, lesionThreshold, quick), progress)
         return self.addResult(inputVolume, result, outputSegmentation, volume=volume, progress=progress)
 
     def start(self, inputVolume, outputSegmentation=None, *, model: str | None = None, modelFile: str | None = None,
-              device: str = "auto", lesionThreshold: float | None = 0.8, quick: bool = False,
+              device: str = "auto", lesionThreshold: float | None = None, quick: bool = False,
               progress: ProgressCallback | None = None) -> None:
         """Like :meth:`process` but returns at once; call :meth:`poll` (e.g. from a QTimer) until it gives the node.
 
@@ -110,7 +135,7 @@ class LiverSegLogic:
         if self._pending is not None:
             raise RuntimeError("a segmentation is already running")
         volume = self._prepare(inputVolume, outputSegmentation)
-        self.runner.start(volume, RunOptions(model, modelFile, device, lesionThreshold, quick), progress)
+        self.runner.start(volume, self.options(model, modelFile, device, lesionThreshold, quick), progress)
         self._pending = (inputVolume, outputSegmentation, volume, progress)
 
     def poll(self, timeout: float = 0.0):

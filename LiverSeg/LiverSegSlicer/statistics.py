@@ -20,6 +20,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from LiverSegLib.config import TERMINOLOGY
 from LiverSegLib.errors import InputError
 from LiverSegLib.types import LesionRecord
 
@@ -29,7 +30,8 @@ from .volumes import rasToLps, volumeFromNode
 __all__ = ["computeStatistics", "segmentArray", "findSegment", "segmentTag", "STATISTICS_REFERENCE_ROLE", "COLUMNS"]
 
 STATISTICS_REFERENCE_ROLE = "LiverSegStatistics"
-LIVER_CODE, NEOPLASM_CODE = "10200004", "108369006"
+# the segments are found by their SNOMED type codes (from the one terminology table, LiverSegLib.config)
+LIVER_CODE, NEOPLASM_CODE = TERMINOLOGY["Liver"]["type"]["code"], TERMINOLOGY["Liver lesion"]["type"]["code"]
 COLUMNS = ("Lesion", "Volume (mL)", "Max diameter (mm)", "Mean (HU)", "Centroid R (RAS mm)", "Centroid A (RAS mm)",
            "Centroid S (RAS mm)", "Max probability")
 
@@ -91,13 +93,11 @@ def _storedLesions(segmentationNode, liverVoxels: int, lesionVoxels: int) -> lis
         rows = json.loads(get(ATTRIBUTE_PREFIX + "Lesions"))
     except (TypeError, ValueError):
         return None
-    return [LesionRecord(int(r["id"]), int(r["voxels"]), float(r["volume_ml"]), float(r["max_diameter_mm"]),
-                         (float(r["centroid_x_lps_mm"]), float(r["centroid_y_lps_mm"]), float(r["centroid_z_lps_mm"])),
-                         float(r["mean_hu"]), float(r["max_probability"])) for r in rows]
+    return [LesionRecord.from_row(r) for r in rows]
 
 
 def _measuredLesions(lesion: np.ndarray, volumeNode) -> list[LesionRecord]:
-    from LiverSegLib.postprocess import lesion_table, prune_lesions
+    from LiverSegLib.pipeline.postprocess import lesion_table, prune_lesions
 
     if not lesion.any():
         return []

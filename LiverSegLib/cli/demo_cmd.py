@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from LiverSegLib.config import DEVICES, SURFACE_FORMATS
+
 __all__ = ["add_parser", "run"]
 
 CT_MEMBER = "tests/reference_files/example_ct.nii.gz"
@@ -17,22 +19,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="fetch a real sample CT and segment it with the shipped model",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-o", "--output", default="demo_output", help="output folder (default: demo_output)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--surfaces", choices=["stl", "obj"], default="stl", help="surface format (default stl)")
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--surfaces", choices=SURFACE_FORMATS, default="stl", help="surface format (default stl)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier demo output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from LiverSegLib.cli import segment_cmd
+    from LiverSegLib.cli.segment_cmd import segment_and_report
     from LiverSegLib.data.samples import fetch_source, load_case
+    from LiverSegLib.runs import SegmentOptions
 
+    options = SegmentOptions(device=args.device, surfaces=args.surfaces, overwrite=args.overwrite)
     ct_path = fetch_source("totalsegmentator") / CT_MEMBER
     print(f"sample CT: {ct_path} (TotalSegmentator example, Apache-2.0)")
-    seg_args = argparse.Namespace(input=str(ct_path), output=args.output, model=None, model_file=None,
-                                  device=args.device, lesion_threshold=None, surfaces=args.surfaces,
-                                  progress="bar", overwrite=args.overwrite, quick=False)
-    code = segment_cmd.run(seg_args)
+    code = segment_and_report(ct_path, args.output, options)
     if code:
         return code
     from pathlib import Path

@@ -198,7 +198,7 @@ def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) ->
         if not pred.same_grid(gt):
             # The same voxels may be stored in another axis order or direction (e.g. a reference NIfTI with its
             # rows reversed against the DICOM it was made from): compare both in the canonical LPS array order.
-            from LiverSegLib.pipeline.orientation import to_canonical
+            from LiverSegLib.pipeline.geometry import to_canonical
 
             pred_c, gt_c = to_canonical(pred)[0], to_canonical(gt)[0]
             if pred_c.same_grid(gt_c):

@@ -39,19 +39,7 @@ def _labels(entries: list[dict[str, Any]]) -> list[LabelInfo]:
 def _lesions(path: Path) -> list[LesionRecord]:
     with open(path, newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
-    return [
-        LesionRecord(
-            lesion_id=int(row["id"]),
-            voxels=int(row["voxels"]),
-            volume_ml=float(row["volume_ml"]),
-            max_diameter_mm=float(row["max_diameter_mm"]),
-            centroid_lps=(float(row["centroid_x_lps_mm"]), float(row["centroid_y_lps_mm"]),
-                          float(row["centroid_z_lps_mm"])),
-            mean_hu=float(row["mean_hu"]),
-            max_probability=float(row["max_probability"]),
-        )
-        for row in rows
-    ]
+    return [LesionRecord.from_row(row) for row in rows]
 
 
 def _segmentation_file(folder: Path, summary: dict[str, Any]) -> Path:

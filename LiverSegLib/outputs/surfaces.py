@@ -16,12 +16,12 @@ from vtkmodules.vtkFiltersCore import vtkPolyDataNormals, vtkWindowedSincPolyDat
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D, vtkTransformPolyDataFilter
 from vtkmodules.vtkIOGeometry import vtkOBJWriter, vtkSTLWriter
 
+from LiverSegLib.config import SURFACE_FORMATS
 from LiverSegLib.errors import InputError
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, LabelInfo, Volume
 
 __all__ = ["export_surfaces", "labelmap_surface", "outward_normals", "write_surface", "SURFACE_FORMATS"]
 
-SURFACE_FORMATS = ("stl", "obj")
 
 
 def _mask_image(mask_zyx: np.ndarray) -> vtkImageData | None:

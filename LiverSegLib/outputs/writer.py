@@ -22,35 +22,80 @@ import numpy as np
 
 from LiverSegLib.errors import InputError, OutputExistsError
 from LiverSegLib.io.image_io import output_extension_for, write_volume
-from LiverSegLib.outputs.overview import render_overview
 from LiverSegLib.outputs.surfaces import SURFACE_FORMATS, export_surfaces
 from LiverSegLib.types import LesionRecord, SegmentationResult, Volume
 
-__all__ = ["check_output_dir", "write_case_outputs"]
+__all__ = ["PRODUCER", "check_output_dir", "write_case_outputs"]
 
-# The CSV header comes from LesionRecord.as_row itself so that the columns can never drift from the rows; a
-# placeholder record gives the keys when a case has no lesion.
-_LESION_COLUMNS = list(LesionRecord(0, 0, 0.0, 0.0, (0.0, 0.0, 0.0), 0.0, 0.0).as_row())
+# The CSV header comes from LesionRecord itself so that the columns can never drift from the rows.
+_LESION_COLUMNS = LesionRecord.columns()
+
+
+#: The ``producer`` entry of every summary.json this writer makes: what marks a folder as LiverSeg results.
+PRODUCER = "LiverSeg"
+
+
+def _our_files(out: Path) -> set[str] | None:
+    """The files (relative POSIX paths) a LiverSeg run wrote into ``out``, from its summary.json.
+
+    ``None`` when ``out`` holds no readable LiverSeg summary. A summary names its producer (``"producer":
+    {"name": "LiverSeg"}``); summaries written before that key existed are recognised by their ``model`` and
+    ``outputs`` entries.
+    """
+    try:
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("outputs"), list):
+        return None
+    producer = summary.get("producer")
+    ours = (isinstance(producer, dict) and producer.get("name") == PRODUCER) or (
+        producer is None and isinstance(summary.get("model"), dict) and "id" in summary["model"])
+    # .summary.json.tmp: the write-time update of a run killed at that instant (see cli.segment_cmd)
+    return {str(p) for p in summary["outputs"]} | {"summary.json", ".summary.json.tmp"} if ours else None
+
+
+def _listing(paths: list[str], limit: int = 3) -> str:
+    shown = ", ".join(paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def check_output_dir(outdir: str | os.PathLike, overwrite: bool) -> None:
     """Fail early, before any computation, when results cannot be written to ``outdir``.
 
+    A new or empty folder is always fine. A folder holding the results of an earlier LiverSeg run (its
+    summary.json names LiverSeg and lists every file in the folder) may be replaced with ``overwrite``. A folder
+    holding any file LiverSeg did not write is refused even with ``overwrite``: replacing it would delete the
+    user's files.
+
     Args:
         outdir: the case's output folder.
-        overwrite: whether existing results may be replaced.
+        overwrite: whether existing LiverSeg results may be replaced.
 
     Raises:
         InputError: ``outdir`` exists and is a file.
-        OutputExistsError: ``outdir`` holds files and ``overwrite`` is False.
+        OutputExistsError: ``outdir`` holds files LiverSeg did not write, or results and ``overwrite`` is False.
     """
     out = Path(outdir)
     if out.exists() and not out.is_dir():
         raise InputError(f"output path {out} is a file, not a folder (choose a folder path for -o)")
-    if not overwrite and out.is_dir() and any(p.is_file() for p in out.rglob("*")):
-        held = "summary.json ..." if (out / "summary.json").exists() else "other files"
-        raise OutputExistsError(f"output folder {out} already holds LiverSeg results ({held}); pass --overwrite "
-                                "to replace them or choose another folder")
+    if not out.is_dir():
+        return
+    present = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if not p.is_dir())
+    if not present:
+        return
+    ours = _our_files(out)
+    if ours is None:
+        raise OutputExistsError(f"output folder {out} holds files that are not LiverSeg results "
+                                f"({_listing(present)}); choose a new or empty folder (nothing was changed)")
+    foreign = [p for p in present if p not in ours]
+    if foreign:
+        raise OutputExistsError(f"output folder {out} holds LiverSeg results and files LiverSeg did not write "
+                                f"({_listing(foreign)}); move those files or choose another folder (nothing was "
+                                "changed)")
+    if not overwrite:
+        raise OutputExistsError(f"output folder {out} already holds LiverSeg results (summary.json ...); pass "
+                                "--overwrite to replace them or choose another folder")
 
 
 def _json_default(value: Any) -> Any:
@@ -73,7 +118,7 @@ def _write_lesions_csv(result: SegmentationResult, path: Path) -> None:
 
 
 def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str | None,
-               extra_summary: dict | None) -> dict[str, Any]:
+               extra_summary: dict | None, overview: bool = True) -> dict[str, Any]:
     """Write every output into ``tmp``; returns the file names relative to the folder by key."""
     names: dict[str, Any] = {}
     labelmap = result.labelmap
@@ -83,10 +128,16 @@ def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str 
     write_volume(seg, tmp / names["segmentation"])
     names["lesions"] = "lesions.csv"
     _write_lesions_csv(result, tmp / names["lesions"])
-    names["overview"] = "overview.png"
-    render_overview(ct, seg, tmp / names["overview"], title=Path(str(ct.metadata.get("path", ""))).name,
-                    liver_volume_ml=result.liver_volume_ml, lesion_count=len(result.lesions))
-    summary = {**result.summary(), **(extra_summary or {})}
+    if overview:
+        # matplotlib only here: Slicer does not ship it, and its runner asks for no picture
+        from LiverSegLib.outputs.overview import render_overview
+
+        names["overview"] = "overview.png"
+        render_overview(ct, seg, tmp / names["overview"], title=Path(str(ct.metadata.get("path", ""))).name,
+                        liver_volume_ml=result.liver_volume_ml, lesion_count=len(result.lesions))
+    from LiverSegLib import __version__
+
+    summary = {"producer": {"name": PRODUCER, "version": __version__}, **result.summary(), **(extra_summary or {})}
     if surfaces is not None:
         files = export_surfaces(seg, tmp / "surfaces", result.labels, surfaces)
         names["surfaces"] = [f"surfaces/{p.name}" for p in files]
@@ -165,13 +216,14 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.PathLike, *,
                        surfaces: str | None = None, overwrite: bool = False,
-                       extra_summary: dict | None = None) -> dict[str, Path | list[Path]]:
+                       extra_summary: dict | None = None, overview: bool = True) -> dict[str, Path | list[Path]]:
     """Write a case's results into ``outdir`` atomically.
 
     Writes ``segmentation<ext>`` (uint8 labelmap on the CT grid, format family of the input: see
     :func:`~LiverSegLib.io.output_extension_for`), ``lesions.csv`` (header even with no lesions),
     ``summary.json`` (``result.summary()`` + ``extra_summary`` + surfaces + the list of outputs),
-    ``overview.png``, and ``surfaces/*_LPS.stl|obj`` when ``surfaces`` is "stl" or "obj".
+    ``overview.png`` (unless ``overview`` is False), and ``surfaces/*_LPS.stl|obj`` when ``surfaces`` is "stl" or
+    "obj".
 
     Args:
         result: the segmentation result; its labelmap must lie on ``ct``'s grid.
@@ -180,9 +232,11 @@ def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.
         surfaces: None, "stl" or "obj".
         overwrite: replace existing results in ``outdir``.
         extra_summary: extra keys for summary.json (e.g. input path, CLI options).
+        overview: render ``overview.png`` (needs matplotlib).
 
     Returns:
-        Final paths by key: "segmentation", "lesions", "summary", "overview" and, with surfaces, "surfaces" (list).
+        Final paths by key: "segmentation", "lesions", "summary", "overview" (when rendered) and, with surfaces,
+        "surfaces" (list).
 
     Raises:
         OutputExistsError: ``outdir`` holds files and ``overwrite`` is False (nothing is written).
@@ -198,7 +252,7 @@ def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = _unique_dir(out.parent, ".liverseg-tmp-")
     try:
-        names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary)
+        names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary, overview)
         _move_into_place(tmp, out)
     except BaseException:  # also on KeyboardInterrupt: never leave a half-written temp folder behind
         shutil.rmtree(tmp, ignore_errors=True)

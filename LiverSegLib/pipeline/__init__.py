@@ -1,4 +1,5 @@
-"""The inference pipeline: orientation, resampling, stages, the liver box and the cascade predictor."""
+"""The inference pipeline: geometry (orientation, oblique resampling), stage grids, stages, the liver box,
+post-processing and the cascade predictor."""
 
 from LiverSegLib.pipeline.predictor import Predictor, resolve_device
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from LiverSegLib.config import CascadeConfig
-from LiverSegLib.postprocess import largest_component
+from LiverSegLib.pipeline.postprocess import largest_component
 
 __all__ = ["Box", "coarse_gate", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
 
@@ -38,7 +38,7 @@ class Box:
 
 def coarse_voxel_ml(native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
                     coarse_shape_zyx: tuple[int, ...]) -> float:
-    """Volume in mL of one voxel of a stage grid that spans the native extent (see ``resample.py``)."""
+    """Volume in mL of one voxel of a stage grid that spans the native extent (see ``grids.py``)."""
     native_extent_mm = np.asarray(native_spacing_xyz[::-1], float) * np.asarray(native_shape_zyx, float)
     return float(np.prod(native_extent_mm / np.asarray(coarse_shape_zyx, float))) / 1000.0
 
@@ -116,7 +116,7 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
     """
     from scipy import ndimage
 
-    from LiverSegLib.pipeline.sampling import sample_to_native
+    from LiverSegLib.pipeline.grids import sample_to_native
 
     assert cascade.coarse_gate_mm is not None
     liver = ndimage.binary_fill_holes(largest_component(coarse_fg >= cascade.coarse_threshold))

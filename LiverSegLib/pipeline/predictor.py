@@ -22,13 +22,11 @@ from LiverSegLib.config import ModelConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
-from LiverSegLib.pipeline.orientation import to_canonical
+from LiverSegLib.pipeline.geometry import labelmap_to_original, needs_resampling, to_axial_grid, to_canonical
+from LiverSegLib.pipeline.grids import sample_to_native, stage_shape
 from LiverSegLib.pipeline.plausibility import plausibility_warnings
-from LiverSegLib.pipeline.reorient import labelmap_to_original, needs_resampling, to_axial_grid
-from LiverSegLib.pipeline.resample import stage_shape
-from LiverSegLib.pipeline.sampling import sample_to_native
+from LiverSegLib.pipeline.postprocess import largest_component, lesion_table, prune_lesions
 from LiverSegLib.pipeline.stage import StageModel, stage_grid
-from LiverSegLib.postprocess import largest_component, lesion_table, prune_lesions
 from LiverSegLib.registry import Registry, load_registry
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, SegmentationResult, Volume
 
@@ -118,7 +116,7 @@ class Predictor:
         warning = ct_intensity_warning(volume.array_zyx)
         if warning:
             warnings.append(warning)
-        if needs_resampling(volume):  # oblique: segment on an axial grid, labels mapped back (reorient.py)
+        if needs_resampling(volume):  # oblique: segment on an axial grid, labels mapped back (geometry.py)
             axial, to_original = to_axial_grid(volume)
             resample_s = time.perf_counter() - t0
             result = self.predict(axial, progress, lesion_threshold, quick)

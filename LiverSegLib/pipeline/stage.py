@@ -19,7 +19,7 @@ from LiverSegLib.networks import build_network
 from LiverSegLib.weights import load_checkpoint
 
 __all__ = ["StageModel", "StageOutput", "normalize_hu", "histogram_equalize", "normalize_input", "stage_grid",
-           "stage_config_dict", "stage_catalogue_entry"]
+           "stage_config_dict"]
 
 # Grey levels of the histogram equalisation (the Mixed U-Net's S; 8-bit images in the paper).
 HISTEQ_LEVELS = 256
@@ -90,7 +90,7 @@ def stage_grid(array_zyx: np.ndarray, spacing_xyz: tuple[float, float, float], s
         normalize: ``False`` returns the clipped HU values on the grid (training keeps HU to insert synthetic
             lesions, then calls :func:`normalize_input` on each sample).
     """
-    from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+    from LiverSegLib.pipeline.grids import resample_to_shape, stage_shape
 
     target = stage.spacing_xyz if target_xyz is None else target_xyz
     grid = resample_to_shape(array_zyx, stage_shape(array_zyx.shape, spacing_xyz, target), hu_window=stage.hu_window)
@@ -101,14 +101,6 @@ def stage_config_dict(stage: StageConfig) -> dict:
     """The part of a stage config a checkpoint carries to describe itself."""
     return {"network": stage.network.to_dict(), "classes": list(stage.classes),
             "preprocessing": stage.preprocessing_dict()}
-
-
-def stage_catalogue_entry(stage: StageConfig, weights: str | None = None) -> dict:
-    """The ``models.json`` entry of a stage: its self-description plus weight file, checksum and batch sizes."""
-    d = stage_config_dict(stage)
-    return {"network": d["network"], "weights": stage.weights if weights is None else weights,
-            "sha256": stage.sha256, "classes": d["classes"], "preprocessing": d["preprocessing"],
-            "batch_cpu": stage.batch_cpu, "batch_cuda": stage.batch_cuda}
 
 
 def _as_json(value):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 - torch convention
 
 from LiverSegLib.config import StageConfig
-from LiverSegLib.pipeline.orientation import to_canonical
+from LiverSegLib.pipeline.geometry import to_canonical
 from LiverSegLib.pipeline.stage import stage_grid
 from LiverSegLib.types import Volume
 

@@ -173,8 +173,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> None:
     """Write ``models.json`` describing the demo model (checksums, preprocessing, cascade, measured accuracy)."""
-    from LiverSegLib.config import default_labels
-    from LiverSegLib.pipeline.stage import stage_catalogue_entry as stage_entry
+    from LiverSegLib.config import ModelConfig
 
     accuracy: dict = {"method": "leave-one-out over the real cases: each fold trains the cascade without the case "
                                 "with the same recipe and seed, then runs the whole cascade on it"}
@@ -184,25 +183,20 @@ def write_catalogue(path: Path, shas: dict[str, str], loo_dir: Path | None) -> N
         accuracy[r["case"]] = {k: (round(r[k], 4) if math.isfinite(r[k]) else None)
                                for k in ("liver_dice", "liver_assd", "lesion_dice", "lesion_recall",
                                          "lesion_precision", "n_ref_lesions", "n_pred_lesions") if k in r}
-    c = demo_cascade()
-    entry = {
-        "id": "han-demo", "version": "0.2.0",
-        "title": "Han 2.5D cascade, demo weights (NOT for clinical use)",
-        "description": "Han 2017 coarse-to-fine 2.5D residual U-Net cascade trained on three permissively licensed "
-                       "real CTs and synthetic phantoms; the fine stage also on synthetic lesions inserted into the "
-                       "real livers. A demonstration of the pipeline, not a clinical model.",
-        "licence": "Apache-2.0 (weights trained by the LiverSeg project)",
-        "training_data": "TotalSegmentator example CT and DICOM example (Apache-2.0, liver labels are "
-                         "TotalSegmentator predictions), LiTS case 117 via liver-ct-segmentation-package (MIT, "
-                         "manual), dcmqi 3-slice CT (BSD-style, manual), synthetic phantoms",
-        "model_card": "Resources/MODEL_CARD_han-demo.md",
-        "labels": [{"value": lb.value, "name": lb.name, "color_rgb": list(lb.color_rgb),
-                    "terminology": lb.terminology} for lb in default_labels()],
-        "stages": {"coarse": stage_entry(coarse_stage(sha256=shas["coarse"])),
-                   "fine": stage_entry(fine_stage(sha256=shas["fine"]))},
-        "cascade": c.to_dict(),
-        "accuracy": accuracy,
-    }
+    entry = ModelConfig(
+        id="han-demo", version="0.2.0",
+        title="Han 2.5D cascade, demo weights (NOT for clinical use)",
+        description="Han 2017 coarse-to-fine 2.5D residual U-Net cascade trained on three permissively licensed "
+                    "real CTs and synthetic phantoms; the fine stage also on synthetic lesions inserted into the "
+                    "real livers. A demonstration of the pipeline, not a clinical model.",
+        licence="Apache-2.0 (weights trained by the LiverSeg project)", license="Apache-2.0",
+        training_data="TotalSegmentator example CT and DICOM example (Apache-2.0, liver labels are "
+                      "TotalSegmentator predictions), LiTS case 117 via liver-ct-segmentation-package (MIT, "
+                      "manual), dcmqi 3-slice CT (BSD-style, manual), synthetic phantoms",
+        model_card="Resources/MODEL_CARD_han-demo.md",
+        coarse=coarse_stage(sha256=shas["coarse"]), fine=fine_stage(sha256=shas["fine"]), cascade=demo_cascade(),
+        accuracy=accuracy,
+    ).to_dict()
     path.write_text(json.dumps({"format_version": 1, "default": "han-demo", "models": [entry]}, indent=2) + "\n")
 
 

@@ -19,8 +19,8 @@ import torch
 
 from LiverSegLib.config import StageConfig
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.orientation import to_canonical
-from LiverSegLib.pipeline.resample import resample_to_shape, stage_shape
+from LiverSegLib.pipeline.geometry import to_canonical
+from LiverSegLib.pipeline.grids import resample_to_shape, stage_shape
 from LiverSegLib.types import Volume
 
 __all__ = ["bank_mask", "load_mask_bank", "MaskBankSampler"]

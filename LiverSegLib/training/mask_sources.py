@@ -32,7 +32,7 @@ from scipy import ndimage
 from LiverSegLib.data.samples import _label_onto
 from LiverSegLib.errors import InputError
 from LiverSegLib.io.image_io import read_volume
-from LiverSegLib.pipeline.reorient import _image as _sitk_image
+from LiverSegLib.pipeline.geometry import _image as _sitk_image
 from LiverSegLib.training.organs import ORGAN_NAMES, ORGANS
 from LiverSegLib.types import Volume
 

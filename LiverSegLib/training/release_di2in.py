@@ -90,14 +90,13 @@ def score_case(weights_dir: Path, case: str) -> dict:
 
 def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     """Add (or replace) the ``di2in-an-liver`` entry in ``path``: DI2IN-AN coarse + the cascade's fine stage."""
-    from LiverSegLib.pipeline.stage import stage_catalogue_entry
     from LiverSegLib.training.release_weights import MODEL_VERSION, catalogue_entry, rounded_scores
     from LiverSegLib.weights import sha256_file
 
     shas = {"coarse": sha256_file(weights_dir / "han_liver_coarse.pt"),
             "fine": sha256_file(weights_dir / "han_liver_fine.pt")}
     entry = catalogue_entry(shas, {}, {})
-    entry["stages"]["coarse"] = stage_catalogue_entry(di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS)))
+    entry["stages"]["coarse"] = di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS)).to_dict()
     keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision", "lesion_fp")
     accuracy: dict = {"method": "leave-one-out on ircadb1_19 only (CPU time allowed one fold): the fold's DI2IN-AN "
                                 "and cascade fine stage never saw the case (image, masks, mask bank, synthetic CTs)"}

@@ -178,37 +178,31 @@ MODEL_VERSION = "1.0.0"
 
 def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: dict[str, float]) -> dict:
     """The ``models.json`` entry of the shipped cascade, quoting the leave-one-out results."""
-    from LiverSegLib.config import default_labels
-    from LiverSegLib.pipeline.stage import stage_catalogue_entry as stage_entry
+    from LiverSegLib.config import ModelConfig
 
     accuracy: dict = {"method": "leave-one-out over the four real labelled CTs: each fold trains both stages without "
                                 "the case in any form (image, masks, synthetic CTs painted from its masks), then runs "
                                 "the whole cascade on it (benchmarks/accuracy.py)"}
     for case, r in sorted(loo.items()):
         accuracy[case] = rounded_scores(r)
-    return {
-        "id": MODEL_ID, "version": MODEL_VERSION,
-        "title": "Han 2.5D cascade trained on real CT, mask banks and label-driven synthetic CT (non-commercial)",
-        "description": "Han 2017 coarse-to-fine 2.5D residual U-Net cascade. Trained on four real labelled CTs plus "
-                       "synthetic CTs painted from 17 3D-IRCADb multi-organ mask sets and the TotalSegmentator "
-                       "example's map (liver shapes from 90 LiTS masks transplanted into half), with the organs "
-                       "around the liver weighted as hard negatives. Research use, not for clinical decisions.",
-        "licence": "Non-commercial use only (CC BY-NC-SA 4.0): trained on 3D-IRCADb (CC BY-NC-ND 4.0) and LiTS "
-                   "(CC BY-NC-SA 4.0) material",
-        "license": "CC-BY-NC-SA-4.0",
-        "training_data": "3D-IRCADb-01 patient 19 CT and masks and 17 3D-IRCADb mask sets (CC BY-NC-ND 4.0); 90 LiTS "
-                         "liver masks (CC BY-NC-SA 4.0); LiTS case 117 via liver-ct-segmentation-package (MIT); "
-                         "TotalSegmentator example CT, DICOM example and their maps (Apache-2.0; TotalSegmentator "
-                         "predictions); dcmqi 3-slice CT (BSD-style); synthetic CTs painted from these maps",
-        "model_card": "Resources/MODEL_CARD_han-liver.md",
-        "labels": [{"value": lb.value, "name": lb.name, "color_rgb": list(lb.color_rgb),
-                    "terminology": lb.terminology} for lb in default_labels()],
-        "stages": {"coarse": stage_entry(coarse_stage(sha256=shas["coarse"])),
-                   "fine": stage_entry(fine_stage(sha256=shas["fine"]))},
-        "cascade": cascade().to_dict(),
-        "accuracy": accuracy,
-        "runtimes": {"train_seconds_cpu_1_thread": train_seconds},
-    }
+    return ModelConfig(
+        id=MODEL_ID, version=MODEL_VERSION,
+        title="Han 2.5D cascade trained on real CT, mask banks and label-driven synthetic CT (non-commercial)",
+        description="Han 2017 coarse-to-fine 2.5D residual U-Net cascade. Trained on four real labelled CTs plus "
+                    "synthetic CTs painted from 17 3D-IRCADb multi-organ mask sets and the TotalSegmentator "
+                    "example's map (liver shapes from 90 LiTS masks transplanted into half), with the organs "
+                    "around the liver weighted as hard negatives. Research use, not for clinical decisions.",
+        licence="Non-commercial use only (CC BY-NC-SA 4.0): trained on 3D-IRCADb (CC BY-NC-ND 4.0) and LiTS "
+                "(CC BY-NC-SA 4.0) material",
+        license="CC-BY-NC-SA-4.0",
+        training_data="3D-IRCADb-01 patient 19 CT and masks and 17 3D-IRCADb mask sets (CC BY-NC-ND 4.0); 90 LiTS "
+                      "liver masks (CC BY-NC-SA 4.0); LiTS case 117 via liver-ct-segmentation-package (MIT); "
+                      "TotalSegmentator example CT, DICOM example and their maps (Apache-2.0; TotalSegmentator "
+                      "predictions); dcmqi 3-slice CT (BSD-style); synthetic CTs painted from these maps",
+        model_card="Resources/MODEL_CARD_han-liver.md",
+        coarse=coarse_stage(sha256=shas["coarse"]), fine=fine_stage(sha256=shas["fine"]), cascade=cascade(),
+        accuracy=accuracy, runtimes={"train_seconds_cpu_1_thread": train_seconds} if train_seconds else {},
+    ).to_dict()
 
 
 def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:

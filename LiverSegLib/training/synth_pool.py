@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from LiverSegLib.pipeline.orientation import to_canonical
+from LiverSegLib.pipeline.geometry import to_canonical
 from LiverSegLib.training.synth_ct import SynthCTConfig, synthesize_ct
 from LiverSegLib.types import Volume
 

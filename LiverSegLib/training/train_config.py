@@ -24,6 +24,17 @@ _REQUIRED = ("name", "stage", "sampler", "loss", "optimizer", "steps")
 _SAMPLERS = ("slices", "volumes")
 
 
+def _check_schema(raw: dict[str, Any], source: str) -> None:
+    """The first problem of ``raw`` against the recipe schema, as one line naming where it is."""
+    import jsonschema  # local: only needed when a recipe is read
+
+    schema = json.loads((resources_dir() / "train_recipe.schema.json").read_text(encoding="utf-8"))
+    error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(raw))
+    if error is not None:
+        where = ".".join(str(p) for p in error.absolute_path) or "top level"
+        raise InputError(f"{source}: {where}: {' '.join(error.message.split())}")
+
+
 def configs_dir() -> Path:
     return resources_dir() / "configs"
 
@@ -75,10 +86,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Validate a recipe; every problem is a one-line :class:`InputError` naming the key."""
+        """Validate a recipe against ``Resources/train_recipe.schema.json`` and the code that will use it; every
+        problem is a one-line :class:`InputError` naming the key (a misspelt key is an error, not a default)."""
         missing = [k for k in _REQUIRED if k not in raw]
         if missing:
             raise InputError(f"{source} lacks {', '.join(missing)}")
+        _check_schema(raw, source)
         st = raw["stage"]
         try:
             stage = StageConfig.from_dict({**st, "weights": "", "sha256": ""})
@@ -104,6 +117,12 @@ class TrainConfig:
 
         if stage.network.name not in NETWORKS:
             raise InputError(f"{source}: unknown network {stage.network.name!r} (known: {', '.join(sorted(NETWORKS))})")
+        from LiverSegLib.training.losses import build_loss
+
+        try:  # the loss's own options (the schema leaves them to it): an unknown one is named here, not at step 1
+            build_loss(dict(raw["loss"]), len(stage.classes))
+        except ValueError as exc:
+            raise InputError(f"{source}: loss: {' '.join(str(exc).split())}") from None
         return cls(raw=raw, stage=stage)
 
     def to_json(self) -> str:

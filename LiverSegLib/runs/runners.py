@@ -1,16 +1,17 @@
 """Runners: what turns a :class:`LiverSegLib.Volume` into a :class:`LiverSegLib.SegmentationResult`.
 
-A runner is any object with ``run(volume, options, progress=None) -> SegmentationResult``. Both runners here also
-offer the non-blocking pair ``start(volume, options, progress=None)`` + ``poll()`` for a GUI timer, and
-``cancel()``. Progress callbacks given to ``start`` are called from ``poll()``, i.e. on the caller's (GUI) thread.
+A runner is any object with ``run(volume, options, progress=None) -> SegmentationResult``, ``options`` being a
+:class:`~LiverSegLib.runs.options.SegmentOptions`. Both runners here also offer the non-blocking pair
+``start(volume, options, progress=None)`` + ``poll()`` for a GUI timer, and ``cancel()``. Progress callbacks given
+to ``start`` are called from ``poll()``, i.e. on the caller's (GUI) thread.
 
-Errors: a failed run raises :class:`RunnerError` (``.message`` one line, ``.exitCode`` 2 for bad input/model,
+Errors: a failed run raises :class:`RunnerError` (``.message`` one line, ``.exit_code`` 2 for bad input/model,
 1 for an internal error, as the CLI's exit codes); a cancelled run raises :class:`LiverSegLib.CancelledError`.
 
 - :class:`InProcessRunner` calls LiverSegLib in this process; the model is loaded once per (model, device) and
   reused across calls, which is what a console batch wants.
-- :class:`~LiverSegSlicer.subprocess_runner.SubprocessRunner` runs the ``liverseg segment`` CLI in a child process
-  (the GUI default: never blocks, survives crashes and out-of-memory kills, cancellable).
+- :class:`~LiverSegLib.runs.subprocess_runner.SubprocessRunner` runs the ``liverseg segment`` CLI in a child
+  process (Slicer's default: never blocks, survives crashes and out-of-memory kills, cancellable).
 """
 
 from __future__ import annotations
@@ -18,49 +19,39 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from LiverSegLib.errors import CancelledError, InputError, LiverSegError
+from LiverSegLib.runs.options import SegmentOptions
 from LiverSegLib.types import SegmentationResult, Volume
 
-__all__ = ["RunOptions", "RunnerError", "InProcessRunner", "ProgressCallback", "EventPump"]
+__all__ = ["RunnerError", "InProcessRunner", "ProgressCallback", "EventPump", "as_runner_error", "load_predictor"]
 
 ProgressCallback = Callable[[str, float], None]
 
 
-@dataclass
-class RunOptions:
-    """What to run.
-
-    Args:
-        model: model id from the catalogue (``None``: the default model).
-        modelFile: a LiverSeg checkpoint file to use instead of the catalogue (wins over ``model``).
-        device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-        lesionThreshold: drop a lesion whose maximum probability is below this (``None``: the model's default).
-        quick: run both stages on a 3 mm grid (fast on slow CPUs, coarser boundaries).
-    """
-
-    model: str | None = None
-    modelFile: str | None = None
-    device: str = "auto"
-    lesionThreshold: float | None = 0.8
-    quick: bool = False
-
-
 class RunnerError(LiverSegError):
-    """A run failed. ``message`` is one line for the user; ``exitCode`` is 2 for bad input/model, 1 otherwise."""
+    """A run failed. ``message`` is one line for the user; ``exit_code`` is 2 for bad input/model, 1 otherwise."""
 
-    def __init__(self, message: str, exitCode: int = 1) -> None:
+    def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.message = message
-        self.exitCode = int(exitCode)
+        self.exit_code = int(exit_code)
 
     @property
-    def isInputError(self) -> bool:
-        return self.exitCode == 2
+    def is_input_error(self) -> bool:
+        return self.exit_code == 2
 
 
-def asRunnerError(exc: BaseException) -> RunnerError:
+def load_predictor(options: SegmentOptions):
+    """A :class:`~LiverSegLib.pipeline.predictor.Predictor` for the model and device ``options`` name."""
+    from LiverSegLib.pipeline.predictor import Predictor
+
+    if options.model_file:
+        return Predictor.from_checkpoint(options.model_file, device=options.device)
+    return Predictor(options.model, device=options.device)
+
+
+def as_runner_error(exc: BaseException) -> RunnerError:
     """The :class:`RunnerError` for an exception raised by LiverSegLib (same codes as the CLI)."""
     if isinstance(exc, RunnerError):
         return exc
@@ -116,27 +107,24 @@ class InProcessRunner:
         self._pump: EventPump | None = None
         self._outcome: tuple[SegmentationResult | None, BaseException | None] | None = None
 
-    def predictorFor(self, options: RunOptions):
+    def predictor_for(self, options: SegmentOptions):
         """The predictor for ``options`` (loaded once, then reused)."""
-        if self.predictor is not None and options.model is None and options.modelFile is None:
+        if self.predictor is not None and options.model is None and options.model_file is None:
             return self.predictor
-        key = (options.model, options.modelFile, options.device)
+        key = (options.model, options.model_file, options.device)
         if key not in self._cache:
-            from LiverSegLib.pipeline.predictor import Predictor
-
-            self._cache[key] = (Predictor.from_checkpoint(options.modelFile, device=options.device)
-                                if options.modelFile else Predictor(options.model, device=options.device))
+            self._cache[key] = load_predictor(options)
         return self._cache[key]
 
-    def run(self, volume: Volume, options: RunOptions | None = None,
+    def run(self, volume: Volume, options: SegmentOptions | None = None,
             progress: ProgressCallback | None = None) -> SegmentationResult:
         """Segment ``volume`` now, in this thread. Raises :class:`RunnerError` or :class:`CancelledError`."""
         self._cancel.clear()
         return self._run(volume, options, progress, self.log)
 
-    def _run(self, volume: Volume, options: RunOptions | None, progress: ProgressCallback | None,
+    def _run(self, volume: Volume, options: SegmentOptions | None, progress: ProgressCallback | None,
              log: Callable[[str], None] | None) -> SegmentationResult:
-        options = options or RunOptions()
+        options = options or SegmentOptions()
 
         def report(stage: str, fraction: float) -> None:
             if self._cancel.is_set():
@@ -145,13 +133,13 @@ class InProcessRunner:
                 progress(stage, fraction)
 
         try:
-            predictor = self.predictorFor(options)
-            result = predictor.predict(volume, progress=report, lesion_threshold=options.lesionThreshold,
+            predictor = self.predictor_for(options)
+            result = predictor.predict(volume, progress=report, lesion_threshold=options.lesion_threshold,
                                        quick=options.quick)
         except CancelledError:
             raise
         except Exception as exc:
-            raise asRunnerError(exc) from exc
+            raise as_runner_error(exc) from exc
         for warning in result.warnings:
             if log is not None:
                 log(f"warning: {warning}")
@@ -159,10 +147,10 @@ class InProcessRunner:
 
     # ---------------------------------------------------------------- non-blocking use (GUI timer)
     @property
-    def isRunning(self) -> bool:
+    def is_running(self) -> bool:
         return self._thread is not None
 
-    def start(self, volume: Volume, options: RunOptions | None = None,
+    def start(self, volume: Volume, options: SegmentOptions | None = None,
               progress: ProgressCallback | None = None) -> None:
         """Start a run in a worker thread; follow it with :meth:`poll`."""
         if self._thread is not None:

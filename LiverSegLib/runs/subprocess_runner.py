@@ -21,17 +21,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from LiverSegLib.errors import CancelledError
+from LiverSegLib.runs.options import SegmentOptions
+from LiverSegLib.runs.runners import EventPump, ProgressCallback, RunnerError, as_runner_error
 from LiverSegLib.types import SegmentationResult, Volume
 
-from .runners import EventPump, ProgressCallback, RunnerError, RunOptions, asRunnerError
-
-__all__ = ["SubprocessRunner", "pythonExecutable"]
+__all__ = ["SubprocessRunner", "python_executable"]
 
 
-def pythonExecutable() -> str:
+def python_executable() -> str:
     """PythonSlicer inside Slicer (the interpreter with Slicer's packages), else this interpreter."""
     slicer = sys.modules.get("slicer")
     app = getattr(slicer, "app", None) if slicer is not None else None
@@ -44,14 +45,38 @@ def pythonExecutable() -> str:
     return sys.executable
 
 
-def _libraryPath() -> str:
+def _library_path() -> str:
     """The folder holding the LiverSegLib package, so that the child imports the same library as this process."""
     import LiverSegLib
 
     return str(Path(LiverSegLib.__file__).resolve().parent.parent)
 
 
-def _killTree(proc: subprocess.Popen) -> None:
+def _base_environment() -> dict[str, str]:
+    """Slicer's startup environment inside Slicer (what ``slicer.util.launchConsoleProcess`` gives a child: the
+    PythonSlicer launcher then sets up its own paths), this process's environment elsewhere."""
+    slicer = sys.modules.get("slicer")
+    util = getattr(slicer, "util", None) if slicer is not None else None
+    if getattr(slicer, "app", None) is not None and hasattr(util, "startupEnvironment"):
+        try:
+            return dict(util.startupEnvironment())
+        except Exception:  # noqa: BLE001 - an old Slicer without it: the current environment still works
+            pass
+    return dict(os.environ)
+
+
+def _start_options() -> dict:
+    """Popen options: a process group of its own (so that cancel kills the whole tree) and, on Windows, no console
+    window flashing up (``launchConsoleProcess`` hides it the same way)."""
+    if os.name != "nt":
+        return {"start_new_session": True}
+    info = subprocess.STARTUPINFO()
+    info.dwFlags |= subprocess.STARTF_USESHOWWINDOW
+    info.wShowWindow = 0  # SW_HIDE
+    return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW, "startupinfo": info}
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
     """Kill the child and every process of its group/session; wait until the child is gone."""
     if proc.poll() is None or os.name != "nt":
         if os.name == "nt":
@@ -73,12 +98,12 @@ class _Job:
         self.done: dict | None = None
         self.error: tuple[str, int] | None = None
         self.stderr: collections.deque[str] = collections.deque(maxlen=20)
-        self.readers = [threading.Thread(target=self._readStdout, daemon=True),
-                        threading.Thread(target=self._readStderr, daemon=True)]
+        self.readers = [threading.Thread(target=self._read_stdout, daemon=True),
+                        threading.Thread(target=self._read_stderr, daemon=True)]
         for reader in self.readers:
             reader.start()
 
-    def _readStdout(self) -> None:
+    def _read_stdout(self) -> None:
         for line in self.proc.stdout:
             try:
                 event = json.loads(line)
@@ -96,7 +121,7 @@ class _Job:
             elif kind == "error":
                 self.error = (str(event.get("message", "")), int(event.get("exit_code", 1)))
 
-    def _readStderr(self) -> None:
+    def _read_stderr(self) -> None:
         for line in self.proc.stderr:
             if line.strip():
                 self.stderr.append(line.rstrip())
@@ -138,31 +163,28 @@ class SubprocessRunner:
         self.log = log
         self._job: _Job | None = None
 
-    def command(self, inputPath: Path, outputFolder: Path, options: RunOptions) -> list[str]:
-        """The child's command line."""
-        cmd = [self.python or pythonExecutable(), "-m", "LiverSegLib", "segment", str(inputPath), "-o",
-               str(outputFolder), "--progress", "json", "--overwrite", "--device", options.device]
-        if options.modelFile:
-            cmd += ["--model-file", str(options.modelFile)]
-        elif options.model:
-            cmd += ["--model", options.model]
-        if options.lesionThreshold is not None:
-            cmd += ["--lesion-threshold", repr(float(options.lesionThreshold))]
-        if options.quick:
-            cmd.append("--quick")
-        return cmd
+    def command(self, input_path: Path, output_folder: Path, options: SegmentOptions) -> list[str]:
+        """The child's command line: ``liverseg segment`` with ``options`` rendered by the options themselves.
+
+        The child writes into a private temporary folder and the results come back as a
+        :class:`SegmentationResult`: ``--overwrite``, ``--surfaces`` and the overview picture (matplotlib, which
+        Slicer does not ship) are left out.
+        """
+        child = replace(options, overwrite=False, surfaces=None, overview=False)
+        return [self.python or python_executable(), "-m", "LiverSegLib", "segment", str(input_path), "-o",
+                str(output_folder), "--progress", "json", *child.cli_args()]
 
     def _environment(self) -> dict[str, str]:
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_libraryPath(), env.get("PYTHONPATH", "")) if p)
+        env = {**_base_environment(), **self.env, "PYTHONUNBUFFERED": "1", "PYTHONIOENCODING": "utf-8"}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_library_path(), env.get("PYTHONPATH", "")) if p)
         return env
 
     @property
-    def isRunning(self) -> bool:
+    def is_running(self) -> bool:
         return self._job is not None
 
     @property
-    def workFolder(self) -> Path | None:
+    def work_folder(self) -> Path | None:
         """The running job's temporary folder (``input.nrrd``, ``output/``); removed when the job ends."""
         return self._job.folder if self._job is not None else None
 
@@ -171,23 +193,21 @@ class SubprocessRunner:
         """Process id of the running child (its process group id too, on POSIX)."""
         return self._job.proc.pid if self._job is not None else None
 
-    def start(self, volume: Volume, options: RunOptions | None = None,
+    def start(self, volume: Volume, options: SegmentOptions | None = None,
               progress: ProgressCallback | None = None) -> None:
         """Write the volume to a temporary NRRD and start the child; follow it with :meth:`poll`."""
         if self._job is not None:
             raise RuntimeError("a segmentation is already running")
         from LiverSegLib.io import write_volume
 
-        options = options or RunOptions()
+        options = options or SegmentOptions()
         folder = Path(tempfile.mkdtemp(prefix="liverseg-run-"))
         try:
-            inputPath = write_volume(Volume(volume.array_zyx, volume.spacing_xyz, volume.origin_xyz,
+            input_path = write_volume(Volume(volume.array_zyx, volume.spacing_xyz, volume.origin_xyz,
                                             volume.direction), folder / "input.nrrd", compress=False)
-            group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP} if os.name == "nt"
-                     else {"start_new_session": True})
-            proc = subprocess.Popen(self.command(inputPath, folder / "output", options), stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen(self.command(input_path, folder / "output", options), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-                                    errors="replace", env=self._environment(), cwd=folder, **group)
+                                    errors="replace", env=self._environment(), cwd=folder, **_start_options())
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -207,7 +227,7 @@ class SubprocessRunner:
             job.pump.pump(timeout)
         except BaseException:  # a progress callback raised (CancelledError to cancel): stop the child first
             self.cancel()
-            self._finishQuietly(job)
+            self._finish_quietly(job)
             raise
         if not job.finished():
             return None
@@ -226,11 +246,11 @@ class SubprocessRunner:
             try:
                 return read_case_outputs(job.folder / "output")
             except Exception as exc:  # e.g. results removed by a cleaner: still one RunnerError for the caller
-                raise asRunnerError(exc) from exc
+                raise as_runner_error(exc) from exc
         finally:
             job.cleanup()
 
-    def run(self, volume: Volume, options: RunOptions | None = None,
+    def run(self, volume: Volume, options: SegmentOptions | None = None,
             progress: ProgressCallback | None = None) -> SegmentationResult:
         """Run to the end (blocking). A progress callback may raise :class:`CancelledError` to cancel."""
         self.start(volume, options, progress)
@@ -243,10 +263,10 @@ class SubprocessRunner:
             job = self._job
             if job is not None:  # e.g. KeyboardInterrupt while waiting
                 self.cancel()
-                self._finishQuietly(job)
+                self._finish_quietly(job)
             raise
 
-    def _finishQuietly(self, job: _Job) -> None:
+    def _finish_quietly(self, job: _Job) -> None:
         self._job = None
         job.cleanup()
 
@@ -256,7 +276,7 @@ class SubprocessRunner:
         if job is None:
             return
         job.cancelled = True
-        _killTree(job.proc)
+        _kill_tree(job.proc)
         deadline = time.monotonic() + 5.0
         for reader in job.readers:
             reader.join(max(0.0, deadline - time.monotonic()))
