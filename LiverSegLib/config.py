@@ -157,6 +157,10 @@ class CascadeConfig:
             tells the liver from the spleen, heart or stomach by their place; the fine stage sees the liver box at
             native resolution and draws the boundary. ``None`` (default): Han's cascade as published, the fine
             stage alone decides inside the box.
+        fine_inplane_floor_mm: the fine stage runs at native resolution, except that its in-plane (x, y) spacing is
+            never finer than this (mm): a 0.57 mm scan is resampled to this floor inside the liver box and the
+            probabilities are sampled back to the native voxels, so the fine stage's cost follows the liver rather
+            than the scanner's pixel size. ``None`` (default): always native, as Han.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -168,8 +172,11 @@ class CascadeConfig:
     plausible_liver_l: tuple[float, float] = (0.5, 4.5)
     max_lesion_burden_percent: float = 50.0
     coarse_gate_mm: float | None = None
+    fine_inplane_floor_mm: float | None = None
 
     def __post_init__(self) -> None:
+        if self.fine_inplane_floor_mm is not None and not self.fine_inplane_floor_mm > 0.0:
+            raise ModelError(f"fine_inplane_floor_mm must be > 0 mm or null, got {self.fine_inplane_floor_mm}")
         if self.coarse_gate_mm is not None and not self.coarse_gate_mm >= 0.0:
             raise ModelError(f"coarse_gate_mm must be >= 0 mm or null, got {self.coarse_gate_mm}")
         bounds = list(self.plausible_liver_l)
@@ -190,6 +197,8 @@ class CascadeConfig:
             plausible_liver_l=tuple(float(v) for v in d.get("plausible_liver_l", (0.5, 4.5))),
             max_lesion_burden_percent=float(d.get("max_lesion_burden_percent", 50.0)),
             coarse_gate_mm=None if d.get("coarse_gate_mm") is None else float(d["coarse_gate_mm"]),
+            fine_inplane_floor_mm=(None if d.get("fine_inplane_floor_mm") is None
+                                   else float(d["fine_inplane_floor_mm"])),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,7 +207,8 @@ class CascadeConfig:
                 "fallback_on_inplane_edge": self.fallback_on_inplane_edge, "coarse_threshold": self.coarse_threshold,
                 "lesion_threshold": self.lesion_threshold, "quick_spacing_xyz": list(self.quick_spacing_xyz),
                 "plausible_liver_l": list(self.plausible_liver_l),
-                "max_lesion_burden_percent": self.max_lesion_burden_percent, "coarse_gate_mm": self.coarse_gate_mm}
+                "max_lesion_burden_percent": self.max_lesion_burden_percent, "coarse_gate_mm": self.coarse_gate_mm,
+                **({"fine_inplane_floor_mm": self.fine_inplane_floor_mm} if self.fine_inplane_floor_mm else {})}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,6 @@ from LiverSegLib.outputs.overview import render_overview  # noqa: E402
 from LiverSegLib.pipeline.predictor import Predictor  # noqa: E402
 from LiverSegLib.training import release_weights as rw  # noqa: E402
 from LiverSegLib.types import SegmentationResult, Volume  # noqa: E402
-from LiverSegLib.weights import sha256_file  # noqa: E402
 
 WEIGHT_FILES = ("han_liver_coarse.pt", "han_liver_fine.pt")
 #: Cases in han-demo's training set (Resources/models.json): its scores there are not held-out numbers.
@@ -57,9 +56,7 @@ LIVER_DICE_TARGET, IRCAD_LESION_TARGET, MAX_FP_LESIONS = 0.92, 0.5, 2
 # ------------------------------------------------------------------------------------------------ running models
 def fold_model(weights_dir: Path, name: str) -> ModelConfig:
     """The cascade of a ``release_weights`` output folder, configured exactly as ``release_weights.score_case``."""
-    d = Path(weights_dir)
-    return ModelConfig(name, "0", name, rw.coarse_stage(sha256=sha256_file(d / WEIGHT_FILES[0])),
-                       rw.fine_stage(sha256=sha256_file(d / WEIGHT_FILES[1])), rw.cascade(), weights_dir=str(d))
+    return rw.fold_model(weights_dir, name)
 
 
 def is_trained(weights_dir: Path) -> bool:

@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from LiverSegLib.config import SURFACE_FORMATS
 from LiverSegLib.errors import InputError, OutputExistsError
 from LiverSegLib.io.image_io import output_extension_for, write_volume
-from LiverSegLib.outputs.surfaces import SURFACE_FORMATS, export_surfaces
 from LiverSegLib.types import LesionRecord, SegmentationResult, Volume
 
 __all__ = ["PRODUCER", "check_output_dir", "write_case_outputs"]
@@ -139,6 +139,8 @@ def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str 
 
     summary = {"producer": {"name": PRODUCER, "version": __version__}, **result.summary(), **(extra_summary or {})}
     if surfaces is not None:
+        from LiverSegLib.outputs.surfaces import export_surfaces  # VTK: only when surfaces are asked for
+
         files = export_surfaces(seg, tmp / "surfaces", result.labels, surfaces)
         names["surfaces"] = [f"surfaces/{p.name}" for p in files]
         summary["surfaces"] = {"coordinate_system": "LPS", "units": "mm", "files": names["surfaces"]}

@@ -209,13 +209,16 @@ class Predictor:
         z0, z1 = max(0, box.start[0] - half), min(nz, box.stop[0] + half)  # neighbours for the 2.5D stacks
         (_, ys, xs) = box.slices
         report("fine", 0.0)
-        spacing = spacing_override or stage.spacing_xyz
+        spacing = spacing_override or _floored(stage.spacing_xyz, canonical.spacing_xyz,
+                                               self.model.cascade.fine_inplane_floor_mm)
         native = all(s is None for s in spacing)
         # Histogram equalisation is defined on whole axial slices (as in training): such a stage sees full slices.
         full_slices = stage.normalization == "histeq"
         crop = canonical.array_zyx[z0:z1] if full_slices else canonical.array_zyx[z0:z1, ys, xs]
         grid = stage_grid(crop, canonical.spacing_xyz, stage, spacing)
-        centres = np.arange(box.start[0] - z0, box.stop[0] - z0) if native else np.arange(grid.shape[0])
+        # the box's own slices when z stays native (the neighbours only feed the stacks)
+        centres = (np.arange(box.start[0] - z0, box.stop[0] - z0) if spacing[2] is None
+                   else np.arange(grid.shape[0]))
         out = self.fine.predict(grid, centres, lambda f: report("fine", f))
         if native:
             if full_slices:
@@ -223,6 +226,8 @@ class Predictor:
             return out.foreground, out.lesion
         scale = np.asarray(crop.shape, float) / np.asarray(grid.shape, float)
         origin = (z0, 0, 0) if full_slices else (z0, box.start[1], box.start[2])
+        if spacing[2] is None:  # z kept native: the output holds the box's own slices only (the centres)
+            scale[0], origin = 1.0, (box.start[0], *origin[1:])
         fg = sample_to_native(out.foreground, origin, scale, box)
         lesion = sample_to_native(out.lesion, origin, scale, box) if out.lesion is not None else None
         return fg, lesion
@@ -250,6 +255,14 @@ class Predictor:
         records = lesion_table(pruning.components, pruning.max_probability, canonical.array_zyx[box.slices],
                                m @ shift, canonical.voxel_volume_ml, tuple(canonical.spacing_xyz[::-1]))
         return labels, records, (pruning.removed, pruning.removed_voxels)
+
+
+def _floored(stage_xyz: tuple, native_xyz: tuple, floor_mm: float | None) -> tuple:
+    """The stage's grid with native in-plane axes coarsened to ``floor_mm`` where the scan is finer than it."""
+    if floor_mm is None:
+        return stage_xyz
+    return tuple(floor_mm if axis < 2 and target is None and native_xyz[axis] < floor_mm else target
+                 for axis, target in enumerate(stage_xyz))
 
 
 class _Reporter:

@@ -34,8 +34,8 @@ from LiverSegLib.training.organs import to_training_label
 from LiverSegLib.training.train_config import TrainConfig, load_train_config
 from LiverSegLib.types import Volume
 
-__all__ = ["EVAL_CASES", "POOL_SOURCE_OF", "coarse_stage", "fine_stage", "cascade", "recipe", "real_cases",
-           "pool_cases", "score_case", "main"]
+__all__ = ["EVAL_CASES", "POOL_SOURCE_OF", "fold_model", "coarse_stage", "fine_stage", "cascade", "recipe",
+           "real_cases", "pool_cases", "score_case", "main"]
 
 #: The real labelled CTs of the leave-one-out evaluation.
 EVAL_CASES: tuple[str, ...] = ("ircadb1_19", "lits117", "ts_example_ct", "ts_example_dicom")
@@ -144,16 +144,22 @@ def pool_cases(pool_dir: Path | None, stage: StageConfig, leave_out: str | None,
     return out
 
 
+def fold_model(weights_dir: Path, name: str = "fold") -> ModelConfig:
+    """The cascade of a folder this script trained (its two weight files, the shipped cascade rules)."""
+    from LiverSegLib.weights import sha256_file
+
+    d = Path(weights_dir)
+    return ModelConfig(name, "0", name, coarse_stage(sha256=sha256_file(d / "han_liver_coarse.pt")),
+                       fine_stage(sha256=sha256_file(d / "han_liver_fine.pt")), cascade(), weights_dir=str(d))
+
+
 def score_case(weights_dir: Path, case: str) -> dict:
     """Run the whole cascade with the weights in ``weights_dir`` on a real case and score it (LiTS metrics)."""
     from LiverSegLib.data.samples import load_case
     from LiverSegLib.metrics import evaluate_case
     from LiverSegLib.pipeline.predictor import Predictor
-    from LiverSegLib.weights import sha256_file
 
-    d = Path(weights_dir)
-    model = ModelConfig("fold", "0", "fold", coarse_stage(sha256=sha256_file(d / "han_liver_coarse.pt")),
-                        fine_stage(sha256=sha256_file(d / "han_liver_fine.pt")), cascade(), weights_dir=str(d))
+    model = fold_model(weights_dir)
     ct, label = load_case(case)
     t = time.perf_counter()
     result = Predictor(model, device="cpu").predict(ct)
