@@ -68,15 +68,19 @@ class LiverSegLogic(_LogicBase):
         self._pending: tuple | None = None
 
     # ---------------------------------------------------------------- running
-    @staticmethod
-    def modelLesionThreshold(model: str | None = None) -> float | None:
-        """The lesion threshold a catalogue model uses unless told otherwise (``None``: catalogue unreadable)."""
-        try:
-            from LiverSegLib.registry import load_registry
+    _thresholds: dict[str | None, float] = {}  # per model id: the GUI asks on every parameter change
 
-            return float(load_registry().get(model).cascade.lesion_threshold)
-        except Exception:  # noqa: BLE001 - e.g. jsonschema not installed yet: the GUI then shows its own value
-            return None
+    @classmethod
+    def modelLesionThreshold(cls, model: str | None = None) -> float | None:
+        """The lesion threshold a catalogue model uses unless told otherwise (``None``: catalogue unreadable)."""
+        if model not in cls._thresholds:
+            try:
+                from LiverSegLib.registry import load_registry
+
+                cls._thresholds[model] = float(load_registry().get(model).cascade.lesion_threshold)
+            except Exception:  # noqa: BLE001 - e.g. jsonschema not installed yet: asked again next time
+                return None
+        return cls._thresholds[model]
 
     @staticmethod
     def options(model: str | None = None, modelFile: str | None = None, device: str = "auto",
