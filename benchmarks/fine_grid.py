@@ -46,7 +46,8 @@ def run(release_dir: Path, case: str, floor: float | None) -> dict:
     scores = evaluate_case(result.labelmap.array_zyx, label.array_zyx, tuple(ct.spacing_xyz[::-1]))
     return {"case": case, "floor_mm": floor, "spacing_xyz": list(ct.spacing_xyz), "seconds": round(total, 2),
             "fine_s": round(result.timings_s["fine"], 2), "liver_dice": scores["liver_dice"],
-            "lesion_dice": scores["lesion_dice"], "lesion_fp": scores.get("lesion_fp"),
+            "lesion_dice": scores["lesion_dice"] if scores.get("n_ref_lesions") else float("nan"),
+            "lesion_fp": scores.get("lesion_fp"),
             "n_pred_lesions": scores.get("n_pred_lesions")}
 
 
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
              f"- Machine: {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__} with {args.threads} "
              "thread(s); other jobs may have shared the machine: times are indicative",
              f"- Rule: a floor is acceptable when no case loses more than {TOLERANCE} liver or lesion Dice against "
-             "native.", "",
+             "native (lesion Dice only where the reference has lesions: \"-\" otherwise).", "",
              "| case | in-plane mm | floor mm | liver Dice | d liver | lesion Dice | d lesion | FP lesions | fine s | "
              "total s |", "|---|---|---|---|---|---|---|---|---|---|"]
     verdict: dict[str, bool] = {}
