@@ -47,6 +47,7 @@ def run(release_dir: Path, case: str, floor: float | None) -> dict:
     return {"case": case, "floor_mm": floor, "spacing_xyz": list(ct.spacing_xyz), "seconds": round(total, 2),
             "fine_s": round(result.timings_s["fine"], 2), "liver_dice": scores["liver_dice"],
             "lesion_dice": scores["lesion_dice"] if scores.get("n_ref_lesions") else float("nan"),
+            "lesion_recall": scores.get("lesion_recall") if scores.get("n_ref_lesions") else float("nan"),
             "lesion_fp": scores.get("lesion_fp"),
             "n_pred_lesions": scores.get("n_pred_lesions")}
 
@@ -71,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
              "thread(s); other jobs may have shared the machine: times are indicative",
              f"- Rule: a floor is acceptable when no case loses more than {TOLERANCE} liver or lesion Dice against "
              "native (lesion Dice only where the reference has lesions: \"-\" otherwise).", "",
-             "| case | in-plane mm | floor mm | liver Dice | d liver | lesion Dice | d lesion | FP lesions | fine s | "
-             "total s |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "| case | in-plane mm | floor mm | liver Dice | d liver | lesion Dice | d lesion | lesion recall | "
+             "FP lesions | fine s | total s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     verdict: dict[str, bool] = {}
     for r in rows:
         n = native.get(r["case"])
@@ -81,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         key = "none" if r["floor_mm"] is None else str(r["floor_mm"])
         verdict[key] = verdict.get(key, True) and d_liver >= -TOLERANCE and d_lesion >= -TOLERANCE
         lesion = "-" if r["lesion_dice"] != r["lesion_dice"] else f"{r['lesion_dice']:.3f}"
+        recall = "-" if r["lesion_recall"] != r["lesion_recall"] else f"{r['lesion_recall']:.2f}"
         lines.append(f"| {r['case']} | {r['spacing_xyz'][0]:.2f} | {key} | {r['liver_dice']:.4f} | {d_liver:+.4f} | "
-                     f"{lesion} | {d_lesion:+.4f} | {r['lesion_fp']} | {r['fine_s']:.1f} | {r['seconds']:.1f} |")
+                     f"{lesion} | {d_lesion:+.4f} | {recall} | {r['lesion_fp']:.0f} | {r['fine_s']:.1f} | "
+                     f"{r['seconds']:.1f} |")
     lines += ["", "| floor | acceptable |", "|---|---|"] + [f"| {k} | {'yes' if v else 'NO'} |"
                                                            for k, v in verdict.items()]
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,8 @@ class SynthCTConfig:
             its liver box; painting a whole 512 x 512 scan at native resolution costs ten times more).
         add_missing_organs / body_layers: complete the map (:mod:`~LiverSegLib.training.synth_anatomy`).
         thorax_reach_mm: extend the map this far above the liver dome and fill the chest with lungs, heart and
-            mediastinum (:mod:`~LiverSegLib.training.synth_thorax`); ``None``: leave the map's top as it is.
+            mediastinum (:mod:`~LiverSegLib.training.synth_thorax`), e.g. ``(50, 110)``; ``None`` (default, the
+            recipe of the shipped han-liver weights): leave the map's top as it is.
         lesion_types: probabilities of hypodense, hyperdense and cystic painting of the map's tumours.
         extra_lesions: synthetic lesions added on top (``None``: none); ``extra_lesion_probability`` of the time.
     """
@@ -98,7 +99,7 @@ class SynthCTConfig:
     liver_margin_mm: float | None = None
     add_missing_organs: bool = True
     body_layers: bool = True
-    thorax_reach_mm: tuple[float, float] | None = (50.0, 110.0)
+    thorax_reach_mm: tuple[float, float] | None = None
     lesion_types: tuple[float, float, float] = (0.65, 0.2, 0.15)
     extra_lesions: LesionSynthesisConfig | None = LesionSynthesisConfig(n_lesions=(1, 5), radius_mm=(3.0, 20.0))
     extra_lesion_probability: float = 0.5

@@ -82,11 +82,15 @@ def donor_masks(shared: Path | None, limit: int | None = None) -> list[tuple[np.
 
 
 def build_pool(out_dir: Path, sources: dict[str, Callable[[], Volume]], per_source: int, grid: str,
-               donors: list[tuple[np.ndarray, tuple]] | None = None, seed: int = 0, log=print) -> list[Path]:
-    """Paint ``per_source`` synthetic CTs from every label map in ``sources`` into ``out_dir`` (resumable)."""
+               donors: list[tuple[np.ndarray, tuple]] | None = None, seed: int = 0, log=print,
+               thorax_reach_mm: tuple[float, float] | None = None) -> list[Path]:
+    """Paint ``per_source`` synthetic CTs from every label map in ``sources`` into ``out_dir`` (resumable).
+
+    ``thorax_reach_mm`` extends every map into the chest (lungs, heart) first (``SynthCTConfig.thorax_reach_mm``).
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = replace(SynthCTConfig(), **GRIDS[grid])
+    cfg = replace(SynthCTConfig(), **GRIDS[grid], thorax_reach_mm=thorax_reach_mm)
     written = []
     for s_index, (name, load) in enumerate(sorted(sources.items())):
         targets = [out_dir / f"{name}-{k}.npz" for k in range(per_source)]
@@ -145,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-source", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-ts", action="store_true", help="leave out the TotalSegmentator example's map")
+    p.add_argument("--thorax", action="store_true",
+                   help="extend the maps 50-110 mm above the liver dome with lungs, a heart and mediastinum (the "
+                        "1.1.0 experiment; the shipped weights were trained without)")
     args = p.parse_args(argv)
     shared = shared_data_dir()
     sources = map_sources(shared, include_ts=not args.no_ts)
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(sources)} label maps, {len(donors)} donor livers", flush=True)
     t0 = time.perf_counter()
     paths = build_pool(args.out, sources, args.per_source, args.grid, donors, args.seed,
-                       log=lambda s: print(s, flush=True))
+                       log=lambda s: print(s, flush=True), thorax_reach_mm=(50.0, 110.0) if args.thorax else None)
     print(f"{len(paths)} entries in {args.out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 
