@@ -252,12 +252,20 @@ def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.
     if not result.labelmap.same_grid(ct):
         raise ValueError("the labelmap does not lie on the CT's grid (shape, spacing, origin or direction differ)")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _unique_dir(out.parent, ".liverseg-tmp-")
+    # The name is chosen first and the folder made inside the try: a Ctrl-C that lands right after the mkdir (a
+    # signal is delivered between two bytecodes) is cleaned up too. A name someone else took is never removed.
+    tmp: Path | None = _unique_dir(out.parent, ".liverseg-tmp-", create=False)
     try:
+        try:
+            tmp.mkdir()
+        except FileExistsError:
+            tmp = None
+            raise
         names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary, overview)
         _move_into_place(tmp, out)
     except BaseException:  # also on KeyboardInterrupt: never leave a half-written temp folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     paths: dict[str, Path | list[Path]] = {k: out / v for k, v in names.items() if k != "surfaces"}
     if "surfaces" in names:
