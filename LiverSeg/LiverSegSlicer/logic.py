@@ -43,7 +43,7 @@ class LiverSegLogic(_LogicBase):
 
     Args:
         scene: the MRML scene (default: ``slicer.mrmlScene`` inside Slicer; required elsewhere).
-        runner: what runs the model (default: a :class:`~LiverSegSlicer.subprocess_runner.SubprocessRunner`); any
+        runner: what runs the model (default: a :class:`~LiverSegLib.runs.subprocess_runner.SubprocessRunner`); any
             object with ``run(volume, options, progress=None)``; ``start``/``poll``/``cancel`` for non-blocking use.
 
     Attributes:

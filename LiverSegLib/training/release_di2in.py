@@ -162,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     os.replace(run_dir / "model.pt", args.out / WEIGHTS)
     print(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     if args.leave_out and (args.out / "han_liver_fine.pt").is_file():
-        scores = score_case(args.out, args.leave_out)
-        (args.out / f"loo_di2in_an_{args.leave_out}.json").write_text(json.dumps(scores, indent=1, default=float))
-        print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, list)}, default=float), flush=True)
+        from LiverSegLib.training.release_weights import write_scores
+
+        write_scores(args.out / f"loo_di2in_an_{args.leave_out}.json", score_case(args.out, args.leave_out))
     return 0
 
 

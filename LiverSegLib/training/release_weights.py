@@ -35,7 +35,7 @@ from LiverSegLib.training.train_config import TrainConfig, load_train_config
 from LiverSegLib.types import Volume
 
 __all__ = ["EVAL_CASES", "POOL_SOURCE_OF", "fold_model", "coarse_stage", "fine_stage", "cascade", "recipe",
-           "real_cases", "pool_cases", "score_case", "main"]
+           "real_cases", "pool_cases", "score_case", "write_scores", "main"]
 
 #: The real labelled CTs of the leave-one-out evaluation.
 EVAL_CASES: tuple[str, ...] = ("ircadb1_19", "lits117", "ts_example_ct", "ts_example_dicom")
@@ -284,10 +284,14 @@ def main(argv: list[str] | None = None) -> int:
         os.replace(run_dir / "model.pt", target)
     print(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     if args.leave_out:
-        scores = score_case(args.out, args.leave_out)
-        (args.out / f"loo_{args.leave_out}.json").write_text(json.dumps(scores, indent=1, default=float))
-        print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, list)}, default=float), flush=True)
+        write_scores(args.out / f"loo_{args.leave_out}.json", score_case(args.out, args.leave_out))
     return 0
+
+
+def write_scores(path: Path, scores: dict) -> None:
+    """A fold's scores as ``loo_*.json`` (read by the catalogue writers and ``benchmarks/accuracy.py``), echoed."""
+    path.write_text(json.dumps(scores, indent=1, default=float))
+    print(json.dumps({k: v for k, v in scores.items() if not isinstance(v, list)}, default=float), flush=True)
 
 
 if __name__ == "__main__":
