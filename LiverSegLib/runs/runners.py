@@ -24,7 +24,8 @@ from LiverSegLib.errors import CancelledError, InputError, LiverSegError
 from LiverSegLib.runs.options import SegmentOptions
 from LiverSegLib.types import SegmentationResult, Volume
 
-__all__ = ["RunnerError", "InProcessRunner", "ProgressCallback", "EventPump", "as_runner_error", "load_predictor"]
+__all__ = ["RunnerError", "InProcessRunner", "ProgressCallback", "EventPump", "as_runner_error", "load_predictor",
+           "run_model"]
 
 ProgressCallback = Callable[[str, float], None]
 
@@ -49,6 +50,13 @@ def load_predictor(options: SegmentOptions):
     if options.model_file:
         return Predictor.from_checkpoint(options.model_file, device=options.device)
     return Predictor(options.model, device=options.device)
+
+
+def run_model(predictor, volume: Volume, options: SegmentOptions,
+              progress: ProgressCallback | None = None) -> SegmentationResult:
+    """The one place where run options reach the model (threshold ``None``: the model's own; quick mode)."""
+    return predictor.predict(volume, progress=progress, lesion_threshold=options.lesion_threshold,
+                             quick=options.quick)
 
 
 def as_runner_error(exc: BaseException) -> RunnerError:
@@ -134,8 +142,7 @@ class InProcessRunner:
 
         try:
             predictor = self.predictor_for(options)
-            result = predictor.predict(volume, progress=report, lesion_threshold=options.lesion_threshold,
-                                       quick=options.quick)
+            result = run_model(predictor, volume, options, report)
         except CancelledError:
             raise
         except Exception as exc:

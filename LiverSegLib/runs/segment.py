@@ -70,7 +70,7 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     """
     from LiverSegLib.io import read_volume
     from LiverSegLib.outputs import check_output_dir, write_case_outputs
-    from LiverSegLib.runs.runners import load_predictor
+    from LiverSegLib.runs.runners import load_predictor, run_model
 
     options = options or SegmentOptions()
     report = progress or (lambda stage, fraction: None)
@@ -91,8 +91,7 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         t0 = time.perf_counter()
         predictor = predictor if predictor is not None else load_predictor(options)
         load_s = time.perf_counter() - t0
-        result = predictor.predict(volume, progress=report, lesion_threshold=options.lesion_threshold,
-                                   quick=options.quick)
+        result = run_model(predictor, volume, options, report)
         result.timings_s = {"read": read_s, "load_model": load_s, **result.timings_s}
         for warning in result.warnings:
             if log is not None:
