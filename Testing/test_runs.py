@@ -127,3 +127,31 @@ def test_cli_batch_segments_a_folder_resumes_and_reports_a_bad_case(batch_input,
     assert_one_line_error(run_cli(src / "case1.nii.gz", "-o", out, "--batch", env=env), "--batch needs a folder")
     assert_one_line_error(run_cli(src / "case1.nii.gz", "-o", root / "x", "--pattern", "a*", env=env),
                           "--pattern only applies with --batch")
+
+
+def test_cpu_count_follows_affinity_and_the_container_quota(tmp_path, monkeypatch):
+    import os
+
+    import torch
+
+    from LiverSegLib.runs.cpu import available_cpus, cgroup_cpu_quota, configure_torch_threads
+
+    affinity = len(os.sched_getaffinity(0))
+    assert cgroup_cpu_quota(tmp_path) is None and available_cpus(tmp_path) == affinity  # no cgroup files: no quota
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU (cgroup v2)
+    assert cgroup_cpu_quota(tmp_path) == 0.5 and available_cpus(tmp_path) == 1
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")  # cgroup v1, no quota
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("100000\n")
+    assert available_cpus(tmp_path) == 1
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("LIVERSEG_THREADS", "1")
+        assert configure_torch_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -44,9 +44,12 @@ class RunnerError(LiverSegError):
 
 
 def load_predictor(options: SegmentOptions):
-    """A :class:`~LiverSegLib.pipeline.predictor.Predictor` for the model and device ``options`` name."""
+    """A :class:`~LiverSegLib.pipeline.predictor.Predictor` for the model and device ``options`` name (torch's
+    CPU threads capped at the CPUs this process may use: :func:`~LiverSegLib.runs.cpu.configure_torch_threads`)."""
     from LiverSegLib.pipeline.predictor import Predictor
+    from LiverSegLib.runs.cpu import configure_torch_threads
 
+    configure_torch_threads()
     if options.model_file:
         return Predictor.from_checkpoint(options.model_file, device=options.device)
     return Predictor(options.model, device=options.device)
