@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--pattern only applies with --batch")
         options = SegmentOptions.from_cli(args)
         if args.batch:
-            return _batch(Path(args.input), Path(args.output), options, args.pattern, args.progress)
+            return _batch(Path(args.input), Path(args.output), options, args.pattern, args.progress, reporter)
         return segment_file(args.input, args.output, options, progress=reporter, log=reporter.log)
 
     return _reported(reporter, work, Path(args.output), args.progress)
@@ -90,18 +90,14 @@ def _reported(reporter, work, output: Path, progress: str) -> int:
     return 0
 
 
-def _batch(source: Path, output: Path, options, pattern: str | None, progress: str) -> None:
+def _batch(source: Path, output: Path, options, pattern: str | None, progress: str, reporter) -> None:
     from LiverSegLib.runs import segment_folder
 
     if not source.is_dir():
         raise InputError(f"--batch needs a folder of cases, got {source}")
-    if progress == "json":
-        from LiverSegLib.cli.progress import make_reporter
-
-        log = make_reporter("json").log
-    else:
-        log = print
-    records = segment_folder(source, output, options, pattern=pattern, log=log)
+    # one line per case: a JSON log event for front ends, plain stdout otherwise
+    records = segment_folder(source, output, options, pattern=pattern,
+                             log=reporter.log if progress == "json" else print)
     failed = [r for r in records if r.status == "failed"]
     done = sum(r.status == "done" for r in records)
     skipped = sum(r.status == "skipped" for r in records)
