@@ -15,11 +15,18 @@ from LiverSegLib._paths import resources_dir
 from LiverSegLib.errors import ModelError
 from LiverSegLib.types import LabelInfo
 
-__all__ = ["DEVICES", "SURFACE_FORMATS", "NORMALIZATIONS", "NetworkSpec", "StageConfig", "CascadeConfig",
+__all__ = ["DEVICES", "RUNTIMES", "PRECISIONS", "SURFACE_FORMATS", "NORMALIZATIONS", "NetworkSpec", "OnnxExport",
+           "StageConfig", "CascadeConfig",
            "ModelConfig", "TERMINOLOGY", "default_labels"]
 
 #: Where a model may run; "auto" takes CUDA when torch sees a GPU.
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
+#: What executes the networks: "auto" = OpenVINO on the CPU for stages with an ONNX export (when installed), torch
+#: otherwise; "torch" always; "openvino" / "onnxruntime" where a stage has an export (torch for the others).
+RUNTIMES: tuple[str, ...] = ("auto", "torch", "openvino", "onnxruntime")
+#: Arithmetic of the ONNX engines on the CPU: "auto" = bfloat16 where the CPU has it natively (OpenVINO), "fp32",
+#: "bf16". torch always runs float32 on the CPU (float16 autocast on CUDA).
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16")
 #: Closed-surface file formats the writer offers.
 SURFACE_FORMATS: tuple[str, ...] = ("stl", "obj")
 
@@ -59,6 +66,28 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+class OnnxExport:
+    """A stage network exported to ONNX (network + softmax; dynamic batch and slice size), run by an ONNX engine.
+
+    Args:
+        file: the ``.onnx`` file, named like ``StageConfig.weights``.
+        sha256: its checksum; the file is refused when it differs.
+        size_multiple: slice sides must be multiples of this (the engine's input is padded with air to it).
+    """
+
+    file: str
+    sha256: str
+    size_multiple: int = 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OnnxExport:
+        return cls(file=str(d["file"]), sha256=str(d["sha256"]), size_multiple=int(d.get("size_multiple", 1)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "sha256": self.sha256, "size_multiple": self.size_multiple}
+
+
+@dataclass(frozen=True)
 class StageConfig:
     """One network of the cascade and how its input is prepared.
 
@@ -74,6 +103,7 @@ class StageConfig:
         normalization: ``"window"`` (clip to ``hu_window``, scale to [-1, 1]; Han, Yang) or ``"histeq"`` (clip, then
             histogram-equalise each axial slice and scale to [-1, 1]; the Mixed U-Net's preprocessing).
         batch_cpu / batch_cuda: slices per forward pass on each kind of device.
+        onnx: the network exported for the ONNX engines (2D/2.5D stages; ``None``: torch runs the stage).
     """
 
     network: NetworkSpec
@@ -86,6 +116,7 @@ class StageConfig:
     batch_cpu: int = 8
     batch_cuda: int = 64
     normalization: str = "window"
+    onnx: OnnxExport | None = None
 
     def __post_init__(self) -> None:
         if self.hu_window[0] >= self.hu_window[1]:
@@ -111,13 +142,17 @@ class StageConfig:
             batch_cpu=int(d.get("batch_cpu", 8)),
             batch_cuda=int(d.get("batch_cuda", 64)),
             normalization=str(pre.get("normalization", "window")),
+            onnx=OnnxExport.from_dict(d["onnx"]) if d.get("onnx") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         """The catalogue's stage entry (what :meth:`from_dict` reads)."""
-        return {"network": self.network.to_dict(), "weights": self.weights, "sha256": self.sha256,
-                "classes": list(self.classes), "preprocessing": self.preprocessing_dict(),
-                "batch_cpu": self.batch_cpu, "batch_cuda": self.batch_cuda}
+        d = {"network": self.network.to_dict(), "weights": self.weights, "sha256": self.sha256,
+             "classes": list(self.classes), "preprocessing": self.preprocessing_dict(),
+             "batch_cpu": self.batch_cpu, "batch_cuda": self.batch_cuda}
+        if self.onnx is not None:
+            d["onnx"] = self.onnx.to_dict()
+        return d
 
     def preprocessing_dict(self) -> dict[str, Any]:
         d = {"hu_window": list(self.hu_window), "spacing_xyz": list(self.spacing_xyz),

@@ -37,10 +37,13 @@ def test_catalogue_weights_verify():
     from LiverSegLib.registry import load_registry
 
     registry = load_registry()  # what `models verify` checks
-    stages = sum(1 + (registry.get(i).fine is not None) for i in registry.ids())
+    stages = [s for i in registry.ids() for s in (registry.get(i).coarse, registry.get(i).fine) if s is not None]
+    exports = [s for s in stages if s.onnx is not None]
     proc = _cli("models", "verify")
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count("ok ") == stages >= 4  # every stage of every shipped model (han-liver and han-demo)
+    # every stage of every shipped model (han-liver, han-demo, di2in-an-liver), and every ONNX export
+    assert proc.stdout.count("ok ") == len(stages) + len(exports) and len(stages) >= 6 and len(exports) >= 5
+    assert proc.stdout.count(" onnx: ") == len(exports)
 
 
 def test_cli_on_totalsegmentator_example_ct(tmp_path):

@@ -297,7 +297,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="time our --quick mode (3 mm grid)")
     ap.add_argument("--no-peer", action="store_true", help="skip the SegResNet peer")
     ap.add_argument("--peer-roi", default="96,96,96", help="peer sliding-window roi x,y,z (default 96,96,96)")
-    ap.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
+    ap.add_argument("--threads", type=int, help="torch.set_num_threads(N) and the ONNX engine's threads")
+    ap.add_argument("--runtime", default="auto", help="ours: auto (OpenVINO on the CPU), torch, openvino, onnxruntime")
+    ap.add_argument("--precision", default="auto", help="ours, ONNX engines: auto (fp32), fp32, bf16")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "speed"), help="writes <out>.json/.md")
     args = ap.parse_args(argv)
     try:
@@ -314,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     t0 = time.perf_counter()
-    predictor = Predictor(args.model, device=device)
+    predictor = Predictor(args.model, device=device, runtime=args.runtime, precision=args.precision,
+                          threads=args.threads)
     load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     net = None if args.no_peer else make_peer(device)
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {"machine": machine(device), "ru_maxrss_gb": _gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
                                                                * 1024),
               "model": {"id": predictor.model.id, "version": predictor.model.version, "quick": args.quick,
-                        "load_s": load_s},
+                        "load_s": load_s, "runtime": predictor.runtimes},
               "peer": None if net is None else {"net": "monai.networks.nets.SegResNet", **PEER_NET,
                                                 "spacing_mm": PEER_SPACING_MM, "roi": list(roi),
                                                 "overlap": PEER_OVERLAP, "mode": "gaussian",
@@ -354,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     m = report["machine"]
     head = (f"# LiverSeg speed, {m['date']}\n\n{m['device_name']} ({m['device']}), {m['cpus_usable']} usable CPUs, "
             f"torch {m['torch']} with {m['torch_threads']} threads, MONAI {m['monai']}, model {predictor.model.id}"
+            f" run by {' / '.join(sorted(set(predictor.runtimes.values())))}"
             f"{' --quick' if args.quick else ''}, {args.repeat} repeat(s), load average {m['load_avg_1_5_15'][0]:.1f}"
             f"\n\n")
     Path(f"{out}.md").write_text(head + table, encoding="utf-8")

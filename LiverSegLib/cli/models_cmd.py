@@ -17,7 +17,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lp = msub.add_parser("list", help="list the models of the catalogue")
     lp.add_argument("--json", action="store_true", help="print the catalogue entries as JSON")
     lp.set_defaults(func=run_list)
-    vp = msub.add_parser("verify", help="check every weight file's sha256 and that it loads without pickle")
+    vp = msub.add_parser("verify", help="check every weight file's sha256 (checkpoints and ONNX exports) and that "
+                                        "each checkpoint loads without pickle")
     vp.add_argument("ids", nargs="*", help="model ids (default: all)")
     vp.set_defaults(func=run_verify)
     ip = msub.add_parser("import", help="add a trained checkpoint (e.g. from 'liverseg train') to your catalogue")
@@ -49,7 +50,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from LiverSegLib.registry import load_registry
-    from LiverSegLib.weights import load_checkpoint
+    from LiverSegLib.weights import load_checkpoint, verify_sha256
 
     registry = load_registry()
     ids = args.ids or registry.ids()
@@ -66,6 +67,15 @@ def run_verify(args: argparse.Namespace) -> int:
             except ModelError as exc:
                 print(f"FAILED  {model_id} {role}: {exc}")
                 failures.append(f"{model_id}/{role}")
+            if stage.onnx is None:
+                continue
+            path = registry.weight_path(model, stage.onnx.file)
+            try:
+                verify_sha256(path, stage.onnx.sha256)
+                print(f"ok      {model_id} {role} onnx: {path.name} sha256 {stage.onnx.sha256[:12]}...")
+            except ModelError as exc:
+                print(f"FAILED  {model_id} {role} onnx: {exc}")
+                failures.append(f"{model_id}/{role}/onnx")
     if failures:
         raise InputError(f"{len(failures)} weight file(s) failed verification: {', '.join(failures)}")
     return 0

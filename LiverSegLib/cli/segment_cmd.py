@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from LiverSegLib.config import DEVICES, SURFACE_FORMATS
+from LiverSegLib.config import DEVICES, PRECISIONS, RUNTIMES, SURFACE_FORMATS
 from LiverSegLib.errors import InputError, LiverSegError
 
 __all__ = ["add_parser", "run", "segment_and_report"]
@@ -29,6 +29,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--model", help="model id from 'liverseg models list' (default: the catalogue's default)")
     which.add_argument("--model-file", help="a LiverSeg checkpoint file to use instead of the catalogue")
     p.add_argument("--device", default="auto", choices=DEVICES, help="where to run (default auto)")
+    p.add_argument("--runtime", default="auto", choices=RUNTIMES,
+                   help="what executes the networks on the CPU (default auto: OpenVINO where the model ships an ONNX "
+                        "export, else torch; the GPU always uses torch)")
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic of the ONNX runtimes (default auto: bfloat16 where the CPU has it natively, "
+                        "else float32); fp32 gives torch's float32 results")
     p.add_argument("--lesion-threshold", type=float, default=None,
                    help="drop a lesion whose maximum probability is below this (default: the model's own value, "
                         "cascade.lesion_threshold in models.json)")

@@ -124,5 +124,13 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
     coarse_spacing_zyx = np.asarray(native_spacing_xyz[::-1], float) * scale
     if not liver.any():
         return np.ones(box.shape, bool)  # nothing to gate by: the fine stage decides (the box is the whole volume)
-    near = ndimage.distance_transform_edt(~liver, sampling=coarse_spacing_zyx) <= cascade.coarse_gate_mm
-    return sample_to_native(near.astype(np.float32), (0, 0, 0), scale, box) >= 0.5
+    # The distance transform only where it can be within the gate: the liver's bounding box grown by the gate
+    # distance (every voxel outside it is farther than the gate from every liver voxel, so the result is exact).
+    reach = np.ceil(cascade.coarse_gate_mm / coarse_spacing_zyx).astype(int) + 1
+    where = np.argwhere(liver)
+    lo = np.maximum(where.min(axis=0) - reach, 0)
+    hi = np.minimum(where.max(axis=0) + reach + 1, liver.shape)
+    region = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    near = np.zeros(liver.shape, np.float32)
+    near[region] = ndimage.distance_transform_edt(~liver[region], sampling=coarse_spacing_zyx) <= cascade.coarse_gate_mm
+    return sample_to_native(near, (0, 0, 0), scale, box) >= 0.5

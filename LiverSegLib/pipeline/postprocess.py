@@ -60,8 +60,13 @@ def prune_lesions(lesion_mask: np.ndarray, lesion_probability: np.ndarray, thres
     if n == 0:
         return LesionPruning(np.zeros(lesion_mask.shape, np.uint32), np.zeros(0, np.float32), 0, 0)
     ids = np.arange(1, n + 1)
-    maxima = np.asarray(ndimage.maximum(lesion_probability.astype(np.float32, copy=False), cc, ids), np.float32)
-    sizes = np.bincount(cc.ravel(), minlength=n + 1)[1:]
+    # per-component maxima over the lesion voxels only (ndimage.maximum sorts the whole box: 10x slower)
+    inside = cc > 0
+    labels = cc[inside]
+    maxima = np.full(n + 1, -np.inf, np.float32)
+    np.maximum.at(maxima, labels, lesion_probability[inside].astype(np.float32))
+    maxima = maxima[1:]
+    sizes = np.bincount(labels, minlength=n + 1)[1:]
     keep = maxima >= threshold
     # Renumber kept components 1..k, largest first, so lesion ids are stable and meaningful.
     kept_ids = ids[keep][np.argsort(-sizes[keep], kind="stable")]

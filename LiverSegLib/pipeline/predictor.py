@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LiverSegLib.config import ModelConfig
+from LiverSegLib.config import PRECISIONS, RUNTIMES, ModelConfig, StageConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
@@ -26,7 +26,7 @@ from LiverSegLib.pipeline.geometry import labelmap_to_original, needs_resampling
 from LiverSegLib.pipeline.grids import sample_to_native, stage_shape
 from LiverSegLib.pipeline.plausibility import plausibility_warnings
 from LiverSegLib.pipeline.postprocess import largest_component, lesion_table, prune_lesions
-from LiverSegLib.pipeline.stage import StageModel, stage_grid
+from LiverSegLib.pipeline.stage import SliceStage, StageModel, stage_grid
 from LiverSegLib.registry import Registry, load_registry
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, SegmentationResult, Volume
 
@@ -59,6 +59,12 @@ class Predictor:
         device: ``"auto"``, ``"cpu"`` or ``"cuda"`` (``"cuda:1"`` ...).
         registry: catalogue to resolve ids in (the shipped one plus the user's by default).
         verify: check each weight file's sha256 against the config before loading it.
+        runtime: what executes the networks (:data:`~LiverSegLib.config.RUNTIMES`): ``"auto"`` runs a stage that has
+            an ONNX export with OpenVINO (else ONNX Runtime) on the CPU when installed, and torch otherwise.
+        precision: the ONNX engines' arithmetic (:data:`~LiverSegLib.config.PRECISIONS`); ``"auto"`` is bfloat16
+            where the CPU has it natively (OpenVINO), float32 elsewhere.
+        threads: CPU threads of the ONNX engines (``None``: the engine's choice; torch's pool is set apart, see
+            :func:`~LiverSegLib.runs.cpu.configure_torch_threads`).
 
     Example::
 
@@ -67,28 +73,54 @@ class Predictor:
     """
 
     def __init__(self, model: str | ModelConfig | None = None, device: str | torch.device = "auto",
-                 registry: Registry | None = None, verify: bool = True) -> None:
+                 registry: Registry | None = None, verify: bool = True, runtime: str = "auto",
+                 precision: str = "auto", threads: int | None = None) -> None:
+        if runtime not in RUNTIMES:
+            raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+        if precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
+        if runtime in ("openvino", "onnxruntime") and self.device.type != "cpu":
+            raise InputError(f"the {runtime} runtime runs on the CPU; use --device cpu, or --runtime torch on the GPU")
         if isinstance(model, ModelConfig):
             self.model = model
         else:
             registry = registry or load_registry()
             self.model = registry.get(model)
-        self.coarse = StageModel(self.model.coarse, self.model.weight_path(self.model.coarse.weights), self.device,
-                                 verify)
-        self.fine = (StageModel(self.model.fine, self.model.weight_path(self.model.fine.weights), self.device, verify)
-                     if self.model.fine is not None else None)
+        options = (runtime, precision, threads, verify)
+        self.coarse = self._load_stage(self.model.coarse, *options)
+        self.fine = self._load_stage(self.model.fine, *options) if self.model.fine is not None else None
+
+    def _load_stage(self, stage: StageConfig, runtime: str, precision: str, threads: int | None,
+                    verify: bool) -> StageModel | SliceStage:
+        """The stage on the engine ``runtime`` asks for: an ONNX engine where the stage has an export, else torch."""
+        engine = _onnx_engine(stage, runtime, self.device)
+        if engine is None:
+            if precision == "bf16":
+                raise InputError("bf16 inference needs an ONNX runtime (--runtime openvino); torch runs float32")
+            return StageModel(stage, self.model.weight_path(stage.weights), self.device, verify)
+        from LiverSegLib.pipeline.onnx_stage import OnnxStage
+
+        assert stage.onnx is not None
+        wanted = "fp32" if precision == "auto" else precision
+        return OnnxStage(stage, self.model.weight_path(stage.onnx.file), engine, wanted, threads)
+
+    @property
+    def runtimes(self) -> dict[str, str]:
+        """What runs each stage, e.g. ``{"coarse": "openvino bf16", "fine": "openvino bf16"}``."""
+        return {role: _runtime_name(m) for role, m in (("coarse", self.coarse), ("fine", self.fine)) if m is not None}
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto") -> Predictor:
+    def from_checkpoint(cls, path: str | Path, device: str | torch.device = "auto", **options) -> Predictor:
         """A single-network model from a self-describing checkpoint (e.g. one written by training).
 
         A liver-only checkpoint gives a liver-only result; a 3-class one is used as both the coarse and the fine
-        stage (at its own preprocessing).
+        stage (at its own preprocessing). A checkpoint has no ONNX export, so torch runs it; ``options``
+        (``runtime``, ``precision``, ``threads``) are checked as for a catalogue model.
         """
         from LiverSegLib.pipeline.checkpoint_model import model_from_checkpoint
 
-        return cls(model_from_checkpoint(path), device=device, verify=True)
+        return cls(model_from_checkpoint(path), device=device, verify=True, **options)
 
     # ------------------------------------------------------------------ public API
     def predict(self, volume: Volume, progress: ProgressCallback | None = None,
@@ -176,6 +208,7 @@ class Predictor:
             warnings=warnings + [w for m in (self.coarse, self.fine) if m is not None for w in m.warnings],
             details={
                 "device": ", ".join(sorted({str(m.device) for m in (self.coarse, self.fine) if m is not None})),
+                "runtime": self.runtimes,
                 "lesion_threshold": threshold,
                 "lesions_removed_by_threshold": pruning[0],
                 "lesion_voxels_removed_by_threshold": pruning[1],
@@ -255,6 +288,23 @@ class Predictor:
         records = lesion_table(pruning.components, pruning.max_probability, canonical.array_zyx[box.slices],
                                m @ shift, canonical.voxel_volume_ml, tuple(canonical.spacing_xyz[::-1]))
         return labels, records, (pruning.removed, pruning.removed_voxels)
+
+
+def _onnx_engine(stage: StageConfig, runtime: str, device: torch.device) -> str | None:
+    """The ONNX engine to run ``stage`` with, or ``None`` for torch (no export, a GPU, or no engine installed)."""
+    from LiverSegLib.pipeline.onnx_stage import engine_available
+
+    if runtime == "torch" or stage.onnx is None or device.type != "cpu":
+        return None
+    if runtime != "auto":
+        return runtime  # OnnxStage says so in one line when it is not installed
+    return next((e for e in ("openvino", "onnxruntime") if engine_available(e)), None)
+
+
+def _runtime_name(model: StageModel | SliceStage) -> str:
+    if isinstance(model, StageModel):
+        return f"torch {'float16 autocast' if model.device.type == 'cuda' else 'fp32'} on {model.device}"
+    return getattr(model, "runtime", type(model).__name__)
 
 
 def _floored(stage_xyz: tuple, native_xyz: tuple, floor_mm: float | None) -> tuple:

@@ -15,11 +15,10 @@ from torch import nn
 
 from LiverSegLib.config import StageConfig
 from LiverSegLib.errors import LiverSegError, ModelError
-from LiverSegLib.networks import build_network
 from LiverSegLib.weights import load_checkpoint
 
-__all__ = ["StageModel", "StageOutput", "normalize_hu", "histogram_equalize", "normalize_input", "stage_grid",
-           "stage_config_dict"]
+__all__ = ["SliceStage", "StageModel", "StageOutput", "normalize_hu", "histogram_equalize", "normalize_input",
+           "stage_grid", "stage_config_dict"]
 
 # Grey levels of the histogram equalisation (the Mixed U-Net's S; 8-bit images in the paper).
 HISTEQ_LEVELS = 256
@@ -120,7 +119,66 @@ class StageOutput:
     lesion: np.ndarray | None
 
 
-class StageModel:
+class SliceStage:
+    """What every runtime of a 2D/2.5D stage shares: slice stacks in, per-slice probabilities out.
+
+    A subclass sets ``stage``, ``lesion_channel``, ``warnings`` and implements :meth:`_probabilities` (softmax over
+    a batch of stacks) and :meth:`_shrink_after_out_of_memory`, and may override :attr:`batch_size`.
+    """
+
+    stage: StageConfig
+    lesion_channel: int | None
+    warnings: list[str]
+
+    @property
+    def batch_size(self) -> int:
+        return max(1, self.stage.batch_cpu)
+
+    def _probabilities(self, batch: np.ndarray) -> np.ndarray | torch.Tensor:
+        """Softmax (B, C, Y, X) of the network over a float32 batch of slice stacks (B, context, Y, X)."""
+        raise NotImplementedError
+
+    def _shrink_after_out_of_memory(self) -> None:
+        raise NotImplementedError
+
+    def _is_out_of_memory(self, exc: BaseException) -> bool:
+        return _is_out_of_memory(exc)
+
+    def _predict_slices(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
+                        progress: Callable[[float], None] | None) -> StageOutput:
+        """Each chosen slice with its neighbours as channels (slices outside the volume repeat the edge slice)."""
+        nz, ny, nx = normalized_zyx.shape
+        volume = np.ascontiguousarray(normalized_zyx, dtype=np.float32)
+        half = self.stage.context_slices // 2
+        offsets = np.arange(-half, half + 1)
+        fg = np.empty((len(z_indices), ny, nx), np.float16)
+        lesion = np.empty_like(fg) if self.lesion_channel is not None else None
+        start = 0
+        while start < len(z_indices):
+            centres = np.asarray(z_indices[start:start + self.batch_size])
+            idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)
+            try:
+                probs = self._probabilities(volume[idx])  # (B, C, Y, X)
+            except Exception as exc:  # noqa: BLE001 - each runtime raises its own error type for memory
+                if not self._is_out_of_memory(exc):
+                    raise
+                self._shrink_after_out_of_memory()
+                continue  # the same slices again, with a smaller batch (or on the CPU)
+            if isinstance(probs, torch.Tensor):  # halved on the device: a quarter of the bytes cross to the host
+                fg[start:start + len(centres)] = (1.0 - probs[:, 0]).half().cpu().numpy()
+                if lesion is not None:
+                    lesion[start:start + len(centres)] = probs[:, self.lesion_channel].half().cpu().numpy()
+            else:
+                fg[start:start + len(centres)] = 1.0 - probs[:, 0]
+                if lesion is not None:
+                    lesion[start:start + len(centres)] = probs[:, self.lesion_channel]
+            start += len(centres)
+            if progress is not None:
+                progress(min(1.0, start / len(z_indices)))
+        return StageOutput(fg, lesion)
+
+
+class StageModel(SliceStage):
     """A stage network with its weights, ready for inference.
 
     Args:
@@ -141,6 +199,8 @@ class StageModel:
                     f"checkpoint {Path(weights_path).name} was made for {key} {described.get(key)}, but the model "
                     f"config gives {expected[key]}; fix the catalogue entry or use the matching checkpoint"
                 )
+        from LiverSegLib.networks import build_network  # MONAI's blocks: imported only when torch runs the stage
+
         try:
             net = build_network(stage.network.name, stage.network.kwargs)
         except ModelError as exc:
@@ -191,33 +251,11 @@ class StageModel:
         """
         if self.spatial_dims == 3:
             return self._predict_3d(normalized_zyx, np.asarray(z_indices), progress)
-        nz, ny, nx = normalized_zyx.shape
-        volume = torch.from_numpy(np.ascontiguousarray(normalized_zyx, dtype=np.float32))
-        half = self.stage.context_slices // 2
-        offsets = np.arange(-half, half + 1)
-        fg = np.empty((len(z_indices), ny, nx), np.float16)
-        lesion = np.empty_like(fg) if self.lesion_channel is not None else None
-        start = 0
-        while start < len(z_indices):
-            centres = np.asarray(z_indices[start:start + self.batch_size])
-            idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)
-            try:
-                probs = self._probabilities(volume[torch.from_numpy(idx)])  # (B, C, Y, X) slice stacks
-            except (torch.OutOfMemoryError, RuntimeError) as exc:
-                if not _is_out_of_memory(exc):
-                    raise
-                self._shrink_after_out_of_memory()
-                continue  # the same slices again, with a smaller batch or on the CPU
-            fg[start:start + len(centres)] = (1.0 - probs[:, 0]).half().cpu().numpy()
-            if lesion is not None:
-                lesion[start:start + len(centres)] = probs[:, self.lesion_channel].half().cpu().numpy()
-            start += len(centres)
-            if progress is not None:
-                progress(min(1.0, start / len(z_indices)))
-        return StageOutput(fg, lesion)
+        return self._predict_slices(normalized_zyx, z_indices, progress)
 
-    def _probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+    def _probabilities(self, batch: np.ndarray) -> torch.Tensor:
         """Softmax of the network over a CPU batch of slice stacks, cropped back from the size-multiple padding."""
+        batch = torch.from_numpy(batch)
         ny, nx = batch.shape[-2:]
         m = self.size_multiple
         pad_y, pad_x = (-ny) % m, (-nx) % m

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from LiverSegLib.config import DEVICES, SURFACE_FORMATS
+from LiverSegLib.config import DEVICES, PRECISIONS, RUNTIMES, SURFACE_FORMATS
 from LiverSegLib.errors import InputError
 
 __all__ = ["SegmentOptions"]
@@ -24,6 +24,10 @@ class SegmentOptions:
         model: catalogue model id (``None``: the catalogue's default model).
         model_file: a LiverSeg checkpoint file used instead of the catalogue (exclusive with ``model``).
         device: one of :data:`DEVICES`.
+        runtime: what executes the networks, one of :data:`RUNTIMES` (``"auto"``: OpenVINO on the CPU where the
+            model has an ONNX export and OpenVINO is installed, torch otherwise).
+        precision: the ONNX engines' arithmetic, one of :data:`PRECISIONS` (``"auto"``: bfloat16 where the CPU has
+            it natively).
         lesion_threshold: drop a lesion whose maximum probability is below this; ``None``: the model's
             ``cascade.lesion_threshold`` from ``models.json``.
         quick: run both stages on the model's 3 mm grid (faster on a slow CPU, coarser boundaries, and lesion
@@ -37,6 +41,8 @@ class SegmentOptions:
     model: str | None = None
     model_file: str | None = None
     device: str = "auto"
+    runtime: str = "auto"
+    precision: str = "auto"
     lesion_threshold: float | None = None
     quick: bool = False
     surfaces: str | None = None
@@ -48,6 +54,10 @@ class SegmentOptions:
             raise InputError("give a model id or a model file, not both")
         if self.device not in DEVICES:
             raise InputError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.runtime not in RUNTIMES:
+            raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lesion_threshold is not None:
             try:
                 value = float(self.lesion_threshold)
@@ -65,6 +75,10 @@ class SegmentOptions:
     def cli_args(self) -> list[str]:
         """These options as ``liverseg segment`` arguments (defaults left out, so the model's values hold)."""
         args = ["--device", self.device]
+        if self.runtime != "auto":
+            args += ["--runtime", self.runtime]
+        if self.precision != "auto":
+            args += ["--precision", self.precision]
         if self.model_file:
             args += ["--model-file", str(self.model_file)]
         elif self.model:
@@ -85,7 +99,9 @@ class SegmentOptions:
     def from_cli(cls, args: argparse.Namespace) -> SegmentOptions:
         """The options of parsed ``liverseg segment`` arguments (missing attributes take the defaults)."""
         return cls(model=getattr(args, "model", None), model_file=getattr(args, "model_file", None),
-                   device=getattr(args, "device", "auto"), lesion_threshold=getattr(args, "lesion_threshold", None),
+                   device=getattr(args, "device", "auto"), runtime=getattr(args, "runtime", "auto"),
+                   precision=getattr(args, "precision", "auto"),
+                   lesion_threshold=getattr(args, "lesion_threshold", None),
                    quick=bool(getattr(args, "quick", False)), surfaces=getattr(args, "surfaces", None),
                    overwrite=bool(getattr(args, "overwrite", False)),
                    overview=not getattr(args, "no_overview", False))

@@ -44,15 +44,17 @@ class RunnerError(LiverSegError):
 
 
 def load_predictor(options: SegmentOptions):
-    """A :class:`~LiverSegLib.pipeline.predictor.Predictor` for the model and device ``options`` name (torch's
-    CPU threads capped at the CPUs this process may use: :func:`~LiverSegLib.runs.cpu.configure_torch_threads`)."""
+    """A :class:`~LiverSegLib.pipeline.predictor.Predictor` for the model, device and runtime ``options`` name (CPU
+    threads of torch and the ONNX engines capped at the CPUs this process may use:
+    :func:`~LiverSegLib.runs.cpu.configure_torch_threads`)."""
     from LiverSegLib.pipeline.predictor import Predictor
     from LiverSegLib.runs.cpu import configure_torch_threads
 
-    configure_torch_threads()
-    if options.model_file:
-        return Predictor.from_checkpoint(options.model_file, device=options.device)
-    return Predictor(options.model, device=options.device)
+    threads = configure_torch_threads()
+    engine = {"runtime": options.runtime, "precision": options.precision, "threads": threads}
+    if options.model_file:  # a bare checkpoint has no ONNX export: torch runs it
+        return Predictor.from_checkpoint(options.model_file, device=options.device, **engine)
+    return Predictor(options.model, device=options.device, **engine)
 
 
 def run_model(predictor, volume: Volume, options: SegmentOptions,
