@@ -159,14 +159,35 @@ def test_dicom_series_geometry_and_metadata(tmp_path):
     _write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.1")
     _write_dicom_series(_volume(shape=(2, 12, 10)), folder, "1.2.826.0.1.3680043.2.1125.2", first_number=50)
 
-    back = read_volume(folder)
+    # two series: refused in one line that lists both, unless one is chosen
+    with pytest.raises(InputError, match=r"holds 2 DICOM series: 1\.2\.826\.0\.1\.3680043\.2\.1125\.1 \(CT, 5 "
+                                         r"files\); 1\.2\.826\.0\.1\.3680043\.2\.1125\.2 \(CT, 2 files\); choose one "
+                                         r"with --series UID"):
+        read_volume(folder)
+    with pytest.raises(InputError, match=r"series 1\.2\.3 is not in .* it holds: "):
+        read_volume(folder, series_uid="1.2.3")
+    back = read_volume(folder, series_uid="1.2.826.0.1.3680043.2.1125.1")
     _assert_same_geometry(volume, back, atol=1e-4)
     np.testing.assert_array_equal(back.array_zyx, volume.array_zyx)
     assert back.metadata["format"] == "dicom"
-    assert back.metadata["series_instance_uid"] == "1.2.826.0.1.3680043.2.1125.1"  # the larger series
+    assert back.metadata["series_instance_uid"] == "1.2.826.0.1.3680043.2.1125.1"
     assert back.metadata["study_instance_uid"] == "1.2.826.0.1.3680043.2.1125.7"
     assert back.metadata["patient_id"] == "PHANTOM-1"
-    assert back.metadata["series_in_folder"] == 2 and "5" in back.metadata["series_choice"]
+    assert len(back.metadata["dicom_files"]) == 5
+    assert read_volume(folder, series_uid="1.2.826.0.1.3680043.2.1125.2").shape_xyz == (10, 12, 2)
+
+
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """A gap in the slice positions (one file lost in transfer) is refused: every later slice would be misplaced."""
+    volume = _volume(shape=(6, 12, 10))
+    folder = tmp_path / "series"
+    _write_dicom_series(volume, folder, "1.2.826.0.1.3680043.2.1125.1")
+    assert read_volume(folder).shape_xyz == (10, 12, 6)
+    files = sorted(folder.iterdir())
+    files[2].unlink()
+    with pytest.raises(InputError, match=r"missing slices or uneven slice spacing \(a gap differs from the .* mm "
+                                         r"spacing by .* mm\); export the complete series"):
+        read_volume(folder)
 
 
 def test_real_dicom_ct_matches_its_segmentation_grid():

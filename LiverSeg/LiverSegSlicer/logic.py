@@ -250,6 +250,13 @@ class LiverSegLogic(_LogicBase):
 
         return exportSurfaces(segmentationNode, folder, fileFormat, coordinateSystem, source=source)
 
+    def exportDicom(self, segmentationNode, inputVolume, outputFolder, **kwargs):
+        """DICOM SEG + TID 1500 SR of the segments, into the DICOM database when Slicer has one; see
+        :func:`LiverSegSlicer.dicom_export.exportDicom`."""
+        from .dicom_export import exportDicom
+
+        return exportDicom(segmentationNode, inputVolume, outputFolder, **kwargs)
+
     def computeStatistics(self, segmentationNode, inputVolume):
         """Per-lesion table node; see :func:`LiverSegSlicer.statistics.computeStatistics`."""
         from .statistics import computeStatistics

@@ -27,7 +27,8 @@ from LiverSegLib.types import LesionRecord
 from .segmentation_writer import ATTRIBUTE_PREFIX, placeInSubjectHierarchy
 from .volumes import rasToLps, volumeFromNode
 
-__all__ = ["computeStatistics", "segmentArray", "findSegment", "segmentTag", "STATISTICS_REFERENCE_ROLE", "COLUMNS"]
+__all__ = ["computeStatistics", "segmentContents", "segmentArray", "findSegment", "segmentTag",
+           "STATISTICS_REFERENCE_ROLE", "COLUMNS"]
 
 STATISTICS_REFERENCE_ROLE = "LiverSegStatistics"
 # the segments are found by their SNOMED type codes (from the one terminology table, LiverSegLib.config)
@@ -140,6 +141,23 @@ def _fill(tableNode, lesions: list[LesionRecord]) -> None:
         tableNode.SetColumnUnitLabel(name, unit)
 
 
+def segmentContents(segmentationNode, inputVolume) -> tuple[np.ndarray, np.ndarray, list[LesionRecord], str]:
+    """The liver and lesion segments on ``inputVolume``'s grid (0/1 ``[k, j, i]``), the lesions, and where the lesion
+    table came from ("segmentation run": the run's own table, the segments being unchanged; "segments": measured
+    from the segments as they are now)."""
+    liverId = findSegment(segmentationNode, LIVER_CODE, "Liver")
+    if liverId is None:
+        raise InputError(f"'{segmentationNode.GetName()}' has no liver segment (named 'Liver' or coded SCT 10200004)")
+    lesionId = findSegment(segmentationNode, NEOPLASM_CODE, "Liver lesion")
+    liver = segmentArray(segmentationNode, liverId, inputVolume)
+    lesion = segmentArray(segmentationNode, lesionId, inputVolume) if lesionId else np.zeros_like(liver)
+    liverVoxels, lesionVoxels = int(np.count_nonzero(liver | lesion)), int(np.count_nonzero(lesion))
+    lesions = _storedLesions(segmentationNode, liverVoxels, lesionVoxels)
+    if lesions is None:
+        return liver, lesion, _measuredLesions(lesion, inputVolume), "segments"
+    return liver, lesion, lesions, "segmentation run"
+
+
 def computeStatistics(segmentationNode, inputVolume, scene=None):
     """Fill (or create) the lesion statistics table of ``segmentationNode`` and return it.
 
@@ -159,17 +177,8 @@ def computeStatistics(segmentationNode, inputVolume, scene=None):
         raise InputError("computeStatistics needs a segmentation node")
     volume = volumeFromNode(inputVolume, copy=False)  # checks the input
     scene = scene or segmentationNode.GetScene()
-    liverId = findSegment(segmentationNode, LIVER_CODE, "Liver")
-    if liverId is None:
-        raise InputError(f"'{segmentationNode.GetName()}' has no liver segment (named 'Liver' or coded SCT 10200004)")
-    lesionId = findSegment(segmentationNode, NEOPLASM_CODE, "Liver lesion")
-    liver = segmentArray(segmentationNode, liverId, inputVolume)
-    lesion = segmentArray(segmentationNode, lesionId, inputVolume) if lesionId else np.zeros_like(liver)
+    liver, lesion, lesions, source = segmentContents(segmentationNode, inputVolume)
     liverVoxels, lesionVoxels = int(np.count_nonzero(liver | lesion)), int(np.count_nonzero(lesion))
-    lesions = _storedLesions(segmentationNode, liverVoxels, lesionVoxels)
-    source = "segmentation run"
-    if lesions is None:
-        lesions, source = _measuredLesions(lesion, inputVolume), "segments"
     liverMl, lesionMl = liverVoxels * volume.voxel_volume_ml, lesionVoxels * volume.voxel_volume_ml
     tableNode = _tableNode(scene, segmentationNode)
     _fill(tableNode, lesions)

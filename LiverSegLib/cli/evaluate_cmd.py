@@ -17,7 +17,7 @@ from LiverSegLib.errors import InputError, OutputExistsError
 
 __all__ = ["add_parser", "run"]
 
-_LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd")
+_LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha", ".mhd", ".dcm")
 _DEFAULT_LIVER, _DEFAULT_LESION = 1, 2
 _METRIC_COLUMNS = (
     *(f"liver_{m}" for m in ("dice", "voe", "rvd", "assd", "mssd")),
@@ -55,7 +55,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "liver label plus the lesion label (as in LiTS), lesion is the lesion label; other values of a map "
         "are refused unless its labels are given explicitly, in which case they become background.",
     )
-    p.add_argument("pairs", nargs="*", metavar="PRED GT", help="pairs of predicted and reference label map files")
+    p.add_argument("pairs", nargs="*", metavar="PRED GT",
+                   help="pairs of predicted and reference label map files; either may be a DICOM SEG (.dcm), placed "
+                        "on the other's grid")
     p.add_argument("--pred-dir", type=Path, help="folder of predictions, paired with --gt-dir by identical names")
     p.add_argument("--gt-dir", type=Path, help="folder of reference label maps")
     p.add_argument("-o", "--output", type=Path, help="write the per-case metrics to this CSV file")
@@ -188,13 +190,12 @@ def _empty_notes(case: dict[str, Any]) -> str:
 
 
 def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from LiverSegLib.io import read_volume  # lazy: the readers (and torch via metrics) are slow to import
-    from LiverSegLib.metrics import evaluate_case
+    from LiverSegLib.metrics import evaluate_case  # lazy: torch and MONAI are slow to import
 
     gt_labels, pred_labels = _labels_for(args, "gt"), _labels_for(args, "pred")
     rows = []
     for name, (pred_path, gt_path) in zip(_case_names(pairs), pairs, strict=True):
-        pred, gt = read_volume(pred_path), read_volume(gt_path)
+        pred, gt, labels = _read_pair(pred_path, gt_path, pred_labels, gt_labels)
         if not pred.same_grid(gt):
             # The same voxels may be stored in another axis order or direction (e.g. a reference NIfTI with its
             # rows reversed against the DICOM it was made from): compare both in the canonical LPS array order.
@@ -206,14 +207,34 @@ def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) ->
         if not pred.same_grid(gt):
             raise InputError(f"{pred_path} and {gt_path} are not on the same grid ({_grid_difference(pred, gt)}); "
                              "resample the prediction onto the reference grid")
-        p = _canonical_labels(pred.array_zyx, *pred_labels, pred_path, "pred")
-        g = _canonical_labels(gt.array_zyx, *gt_labels, gt_path, "gt")
+        p = _canonical_labels(pred.array_zyx, *labels[0], pred_path, "pred")
+        g = _canonical_labels(gt.array_zyx, *labels[1], gt_path, "gt")
         spacing_zyx = tuple(reversed(gt.spacing_xyz))  # array axis 0 is k, whose spacing is spacing_xyz[2]
         del pred, gt  # full-size volumes; only the uint8 maps are needed from here on
         case = evaluate_case(p, g, spacing_zyx, min_overlap=args.min_overlap)
         rows.append({"case": name, **case, "pred_path": str(pred_path), "gt_path": str(gt_path),
                      "notes": _empty_notes(case)})
     return rows
+
+
+def _read_pair(pred_path: Path, gt_path: Path, pred_labels, gt_labels):
+    """Both maps of a pair, and the label values of each. A DICOM SEG side is placed on the other side's grid (a SEG
+    has frames, not a grid) and uses 1 liver / 2 lesion; its frames must lie on that grid."""
+    from LiverSegLib.io import read_volume
+    from LiverSegLib.io.dicom_seg_reader import is_dicom_seg, read_seg_labelmap
+
+    pred_seg, gt_seg = is_dicom_seg(pred_path), is_dicom_seg(gt_path)
+    if pred_seg and gt_seg:
+        raise InputError(f"{pred_path} and {gt_path} are both DICOM SEG: give one of them as a labelmap file (a "
+                         "SEG has no grid of its own to compare on)")
+    seg_labels = (_DEFAULT_LIVER, _DEFAULT_LESION, False)
+    if gt_seg:
+        pred = read_volume(pred_path)
+        return pred, read_seg_labelmap(gt_path, pred), (pred_labels, seg_labels)
+    gt = read_volume(gt_path)
+    if pred_seg:
+        return read_seg_labelmap(pred_path, gt), gt, (seg_labels, gt_labels)
+    return read_volume(pred_path), gt, (pred_labels, gt_labels)
 
 
 def _summary_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

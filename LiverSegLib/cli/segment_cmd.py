@@ -43,6 +43,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "lesions may be missed or merged, so lesion results can change")
     p.add_argument("--surfaces", choices=SURFACE_FORMATS, help="also write closed liver/lesion surfaces (LPS, mm)")
     p.add_argument("--no-overview", action="store_true", help="do not render overview.png (needs matplotlib)")
+    p.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
+                   help="write segmentation.dcm (DICOM SEG) and measurements.dcm (TID 1500 SR); default: for DICOM "
+                        "input; --dicom-seg for any input (the CT is then written as DICOM in ct_dicom/ too)")
+    p.add_argument("--series", metavar="UID", help="the series to segment in a DICOM folder holding several")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                    help="bar on stderr (default), one JSON object per line on stdout, or nothing")
     p.add_argument("--overwrite", action="store_true",

@@ -7,7 +7,6 @@ single files the header is checked before any voxel memory is allocated.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import struct
@@ -19,6 +18,8 @@ import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the field's universal alias)
 
 from LiverSegLib.errors import InputError
+from LiverSegLib.io._itk import itk_message, itk_warnings_off
+from LiverSegLib.io.dicom_series import read_dicom_folder
 from LiverSegLib.types import Volume
 
 __all__ = ["read_volume", "write_volume", "output_extension_for", "MAX_VOXELS"]
@@ -33,26 +34,11 @@ _BYTES = {
     sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8, sitk.sitkFloat32: 4, sitk.sitkFloat64: 8,
 }
 _FORMAT_NAMES = {"nifti": "NIfTI", "nrrd": "NRRD", "mha": "MetaImage"}
-_DICOM_TAGS = {"0020|000d": "study_instance_uid", "0010|0020": "patient_id", "0008|0060": "modality",
-               "0008|103e": "series_description"}
 
 
 def _format_of(path: Path) -> str | None:
     name = path.name.lower()
     return next((fmt for suffix, fmt in _FORMATS.items() if name.endswith(suffix)), None)
-
-
-def _itk_message(exc: RuntimeError) -> str:
-    """The first meaningful line of SimpleITK's multi-line error text (no source paths, no object addresses)."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    lines = [ln for ln in lines if not ln.startswith("Exception thrown in") and not re.search(r"\.(cxx|h|hxx):\d+", ln)]
-    if not lines:
-        return "unreadable"
-    text = re.sub(r"^(sitk::ERROR|itk::ERROR|ITK ERROR):\s*", "", lines[0], flags=re.IGNORECASE)
-    text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
-    if text.endswith(":") and len(lines) > 1:  # "Read: Error reading x:" then a chain whose last line is the cause
-        text = re.sub(r"^(\[\w+\]\s*)?\w+:\s*", "", lines[-1])
-    return text[:200]
 
 
 def _check_image_kind(where: Path, dimension: int, size: tuple[int, ...], pixel_id: int, components: int) -> None:
@@ -226,17 +212,6 @@ def _check_nifti_header(path: Path) -> None:
                          "(pixdim/qform/sform); the header is corrupt (re-export the image)")
 
 
-@contextlib.contextmanager
-def _itk_warnings_off():
-    """ITK's warnings (e.g. 'Analyze file is deprecated') are multi-line stderr text; our refusals say what matters."""
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        yield
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
 def _read_file(path: Path, fmt: str) -> tuple[sitk.Image, dict[str, Any]]:
     if path.stat().st_size == 0:
         raise InputError(f"input file is empty (0 bytes): {path} (re-export or re-copy it)")
@@ -244,65 +219,20 @@ def _read_file(path: Path, fmt: str) -> tuple[sitk.Image, dict[str, Any]]:
         _check_nifti_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    with _itk_warnings_off():
+    with itk_warnings_off():
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
             kind = _FORMAT_NAMES[fmt]
-            raise InputError(f"cannot read {path}: {_itk_message(exc)} (is it a valid {kind} image?)") from None
+            raise InputError(f"cannot read {path}: {itk_message(exc)} (is it a valid {kind} image?)") from None
         _check_image_kind(path, reader.GetDimension(), reader.GetSize(), reader.GetPixelID(),
                           reader.GetNumberOfComponents())
         _check_declared_size(path, fmt, reader)
         try:
             image = reader.Execute()
         except RuntimeError as exc:
-            raise InputError(f"cannot read {path}: {_itk_message(exc)} (is the file complete?)") from None
+            raise InputError(f"cannot read {path}: {itk_message(exc)} (is the file complete?)") from None
     return image, {"format": fmt, "path": str(path)}
-
-
-def _gdcm_series_ids(folder: Path) -> tuple[str, ...]:
-    # GDCM prints a multi-line warning to stderr when a folder holds no series; we report that ourselves.
-    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
-    sitk.ProcessObject.SetGlobalWarningDisplay(False)
-    try:
-        return tuple(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    finally:
-        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
-
-
-def _read_dicom_folder(folder: Path) -> tuple[sitk.Image, dict[str, Any]]:
-    series_ids = _gdcm_series_ids(folder)
-    if not series_ids:
-        if not any(folder.iterdir()):
-            raise InputError(f"input folder is empty: {folder} (pass {_SUPPORTED})")
-        raise InputError(f"no DICOM series found in {folder} (pass the folder that directly holds the CT's "
-                         "DICOM files, or an image file)")
-    # GDCM sorts each series' files by slice position along the slice normal (IPPSorter).
-    files = {uid: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid) for uid in series_ids}
-    uid = max(series_ids, key=lambda u: len(files[u]))
-    first = sitk.ImageFileReader()  # the first slice's header: pixel kind and identifying tags, no voxels
-    first.SetFileName(files[uid][0])
-    try:
-        first.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series in {folder}: {_itk_message(exc)}") from None
-    size = (*first.GetSize()[:2], len(files[uid]))
-    _check_image_kind(folder, 3, size, first.GetPixelID(), first.GetNumberOfComponents())
-    metadata: dict[str, Any] = {"format": "dicom", "path": str(folder), "series_instance_uid": uid,
-                                "file_count": len(files[uid])}
-    for tag, key in _DICOM_TAGS.items():
-        if first.HasMetaDataKey(tag) and first.GetMetaData(tag).strip():
-            metadata[key] = first.GetMetaData(tag).strip()
-    if len(series_ids) > 1:
-        metadata["series_in_folder"] = len(series_ids)
-        metadata["series_choice"] = f"read the series with the most files ({len(files[uid])}) of {len(series_ids)}"
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files[uid])
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"cannot read DICOM series in {folder}: {_itk_message(exc)}") from None
-    return image, metadata
 
 
 def _has_finite_value(array: np.ndarray) -> bool:
@@ -312,28 +242,31 @@ def _has_finite_value(array: np.ndarray) -> bool:
     return any(np.isfinite(array[k : k + 16]).any() for k in range(0, array.shape[0], 16))
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
+def read_volume(path: str | os.PathLike, series_uid: str | None = None) -> Volume:
     """Read a CT volume from an image file or a DICOM series folder.
 
     Args:
         path: a NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr) or MetaImage (.mha, .mhd) file, or a folder holding
-            a DICOM series (when it holds several, the series with the most files is read and
-            ``metadata["series_choice"]`` says so).
+            a DICOM series.
+        series_uid: for a folder holding several DICOM series, the one to read (without it such a folder is
+            refused with a line listing its series).
 
     Returns:
         The volume in its native pixel type, with SimpleITK's geometry (LPS) and ``metadata`` holding at least
-        ``format`` ("nifti", "nrrd", "mha" or "dicom") and ``path``; DICOM adds the series/study UIDs, patient
-        ID and modality when present.
+        ``format`` ("nifti", "nrrd", "mha" or "dicom") and ``path``; DICOM adds the series/study/frame-of-reference
+        UIDs, patient ID, modality and series number when present, and ``dicom_files``: the series' files in slice
+        order (the volume's k axis).
 
     Raises:
-        InputError: missing path, unsupported or empty file, empty folder or no DICOM series, corrupt or
-            truncated file, 2D/4D image, RGB/vector/complex voxels, absurd header size, no finite value.
+        InputError: missing path, unsupported or empty file, empty folder or no DICOM series, several series and
+            none chosen, missing slices or uneven spacing, corrupt or truncated file, 2D/4D image,
+            RGB/vector/complex voxels, absurd header size, no finite value.
     """
     p = Path(path)
     if not p.exists():
         raise InputError(f"input not found: {p} (check the path)")
     if p.is_dir():
-        image, metadata = _read_dicom_folder(p)
+        image, metadata = read_dicom_folder(p, series_uid, check_kind=_check_image_kind)
     elif _format_of(p) is None:
         raise InputError(f"unsupported input: {p} (pass {_SUPPORTED})")
     else:
@@ -386,7 +319,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     try:
         sitk.WriteImage(image, str(p), use_compression)
     except RuntimeError as exc:
-        raise InputError(f"cannot write {p}: {_itk_message(exc)} (check the folder is writable)") from None
+        raise InputError(f"cannot write {p}: {itk_message(exc)} (check the folder is writable)") from None
     return p
 
 

@@ -118,7 +118,7 @@ def _write_lesions_csv(result: SegmentationResult, path: Path) -> None:
 
 
 def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str | None,
-               extra_summary: dict | None, overview: bool = True) -> dict[str, Any]:
+               extra_summary: dict | None, overview: bool = True, dicom=None) -> dict[str, Any]:
     """Write every output into ``tmp``; returns the file names relative to the folder by key."""
     names: dict[str, Any] = {}
     labelmap = result.labelmap
@@ -144,8 +144,15 @@ def _write_all(result: SegmentationResult, ct: Volume, tmp: Path, surfaces: str 
         files = export_surfaces(seg, tmp / "surfaces", result.labels, surfaces)
         names["surfaces"] = [f"surfaces/{p.name}" for p in files]
         summary["surfaces"] = {"coordinate_system": "LPS", "units": "mm", "files": names["surfaces"]}
+    if dicom is not None:
+        from LiverSegLib.outputs.dicom_export import write_dicom_outputs  # highdicom: only for DICOM outputs
+
+        dicom_names, summary["dicom"] = write_dicom_outputs(result, ct, tmp, dicom)
+        names.update(dicom_names)
     names["summary"] = "summary.json"
-    summary["outputs"] = sorted([v for k, v in names.items() if k != "surfaces"] + names.get("surfaces", []))
+    lists = ("surfaces", "ct_dicom")
+    summary["outputs"] = sorted([v for k, v in names.items() if k not in lists] +
+                                [v for k in lists for v in names.get(k, [])])
     with open(tmp / names["summary"], "w", encoding="utf-8") as fh:
         json.dump(summary, fh, indent=2, default=_json_default)
         fh.write("\n")
@@ -218,7 +225,8 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 
 def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.PathLike, *,
                        surfaces: str | None = None, overwrite: bool = False,
-                       extra_summary: dict | None = None, overview: bool = True) -> dict[str, Path | list[Path]]:
+                       extra_summary: dict | None = None, overview: bool = True,
+                       dicom=None) -> dict[str, Path | list[Path]]:
     """Write a case's results into ``outdir`` atomically.
 
     Writes ``segmentation<ext>`` (uint8 labelmap on the CT grid, format family of the input: see
@@ -235,10 +243,12 @@ def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.
         overwrite: replace existing results in ``outdir``.
         extra_summary: extra keys for summary.json (e.g. input path, CLI options).
         overview: render ``overview.png`` (needs matplotlib).
+        dicom: a :class:`~LiverSegLib.outputs.dicom_export.DicomSource`: also write ``segmentation.dcm`` (DICOM
+            SEG) and ``measurements.dcm`` (TID 1500 SR) referencing it (and ``ct_dicom/`` for a derived source).
 
     Returns:
-        Final paths by key: "segmentation", "lesions", "summary", "overview" (when rendered) and, with surfaces,
-        "surfaces" (list).
+        Final paths by key: "segmentation", "lesions", "summary", "overview" (when rendered), with surfaces
+        "surfaces" (list), with DICOM outputs "dicom_seg", "dicom_sr" and for a derived source "ct_dicom" (list).
 
     Raises:
         OutputExistsError: ``outdir`` holds files and ``overwrite`` is False (nothing is written).
@@ -261,13 +271,14 @@ def write_case_outputs(result: SegmentationResult, ct: Volume, outdir: str | os.
         except FileExistsError:
             tmp = None
             raise
-        names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary, overview)
+        names = _write_all(result, ct, tmp, surfaces.lower() if surfaces else None, extra_summary, overview, dicom)
         _move_into_place(tmp, out)
     except BaseException:  # also on KeyboardInterrupt: never leave a half-written temp folder behind
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
         raise
-    paths: dict[str, Path | list[Path]] = {k: out / v for k, v in names.items() if k != "surfaces"}
-    if "surfaces" in names:
-        paths["surfaces"] = [out / v for v in names["surfaces"]]
+    paths: dict[str, Path | list[Path]] = {k: out / v for k, v in names.items() if k not in ("surfaces", "ct_dicom")}
+    for key in ("surfaces", "ct_dicom"):
+        if key in names:
+            paths[key] = [out / v for v in names[key]]
     return paths

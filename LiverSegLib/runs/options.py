@@ -36,6 +36,10 @@ class SegmentOptions:
         overwrite: replace an output folder that holds earlier LiverSeg results (never one with other files).
         overview: render ``overview.png`` (needs matplotlib; Slicer's runner asks for none: Slicer shows the
             result itself and does not ship matplotlib).
+        dicom_seg: write ``segmentation.dcm`` (DICOM SEG) and ``measurements.dcm`` (TID 1500 SR): ``None`` for DICOM
+            inputs only (skipped with a warning when the series cannot be referenced), ``True`` always (an input
+            that is not DICOM is written as a DICOM series too), ``False`` never.
+        series: the Series Instance UID to read from a DICOM folder holding several series.
     """
 
     model: str | None = None
@@ -48,6 +52,8 @@ class SegmentOptions:
     surfaces: str | None = None
     overwrite: bool = False
     overview: bool = True
+    dicom_seg: bool | None = None
+    series: str | None = None
 
     def __post_init__(self) -> None:
         if self.model and self.model_file:
@@ -93,6 +99,10 @@ class SegmentOptions:
             args.append("--overwrite")
         if not self.overview:
             args.append("--no-overview")
+        if self.dicom_seg is not None:
+            args.append("--dicom-seg" if self.dicom_seg else "--no-dicom-seg")
+        if self.series:
+            args += ["--series", self.series]
         return args
 
     @classmethod
@@ -104,4 +114,5 @@ class SegmentOptions:
                    lesion_threshold=getattr(args, "lesion_threshold", None),
                    quick=bool(getattr(args, "quick", False)), surfaces=getattr(args, "surfaces", None),
                    overwrite=bool(getattr(args, "overwrite", False)),
-                   overview=not getattr(args, "no_overview", False))
+                   overview=not getattr(args, "no_overview", False), dicom_seg=getattr(args, "dicom_seg", None),
+                   series=getattr(args, "series", None))

@@ -70,6 +70,7 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
     """
     from LiverSegLib.io import read_volume
     from LiverSegLib.outputs import check_output_dir, write_case_outputs
+    from LiverSegLib.outputs.dicom_export import dicom_source_for
     from LiverSegLib.runs.runners import load_predictor, run_model
 
     options = options or SegmentOptions()
@@ -80,7 +81,8 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         check_model_choice(options)  # likewise, before reading what may be a large series
     t0 = time.perf_counter()
     report("read", 0.0)
-    volume = read_volume(input_path)
+    volume = read_volume(input_path, options.series)
+    dicom, dicom_warning = dicom_source_for(volume, options.dicom_seg)  # before the model: a refusal costs nothing
     read_s = time.perf_counter() - t0
     report("read", 1.0)
 
@@ -97,12 +99,16 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             if log is not None:
                 log(f"warning: {warning}")
 
+    if dicom_warning:
+        result.warnings.append(dicom_warning)
+        if log is not None:
+            log(f"warning: {dicom_warning}")
     t0 = time.perf_counter()
     report("write", 0.0)
     extra = {"input": {"path": str(Path(input_path).resolve()), "format": volume.metadata.get("format"),
                        "size_xyz": list(volume.shape_xyz), "spacing_xyz": list(volume.spacing_xyz)}}
     paths = write_case_outputs(result, volume, outdir, surfaces=options.surfaces, overwrite=options.overwrite,
-                               extra_summary=extra, overview=options.overview)
+                               extra_summary=extra, overview=options.overview, dicom=dicom)
     try:
         report("write", 1.0)
         summary = result.summary()
