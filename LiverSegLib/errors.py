@@ -1,12 +1,13 @@
 """Typed errors of LiverSegLib.
 
-The CLI maps :class:`InputError` (and its subclasses) to exit code 2 with its one-line message and
-everything else to exit code 1. Front ends (the Slicer logic) catch these types instead of parsing text.
+The CLI maps :class:`InputError` (and its subclasses) to exit code 2 with its one-line message,
+:class:`RemoteError` to exit code 1 with its one-line message, and everything else to exit code 1 as an internal
+error. Front ends (the Slicer logic) catch these types instead of parsing text.
 """
 
 from __future__ import annotations
 
-__all__ = ["LiverSegError", "InputError", "ModelError", "OutputExistsError", "CancelledError"]
+__all__ = ["LiverSegError", "InputError", "ModelError", "OutputExistsError", "CancelledError", "RemoteError"]
 
 
 class LiverSegError(Exception):
@@ -30,3 +31,10 @@ class OutputExistsError(InputError):
 
 class CancelledError(LiverSegError):
     """A run was cancelled through its progress callback."""
+
+
+class RemoteError(LiverSegError):
+    """A server LiverSeg talks to (a PACS over DICOMweb) is unreachable or failed: not the user's input, not a bug.
+
+    The message is one line naming the server and what failed.
+    """

@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 from cli_fixtures import assert_one_line_error, cli_env, file_tree, run_cli
-from dicom_fixtures import STUDY_UID, TS_DICOM, ts_series_with_study
+from dicom_fixtures import SERIES_UID, STUDY_UID, TS_DICOM, ts_series_with_study
 
 from LiverSegLib.config import TERMINOLOGY
 from LiverSegLib.data.samples import fetch_source, load_case
@@ -68,8 +68,8 @@ def test_seg_references_the_series_and_carries_the_labelmap(ts_series, ts_result
     seg = hd.seg.segread(out / "segmentation.dcm")
     assert seg.Modality == "SEG" and seg.SegmentationType == "BINARY"
     assert seg.StudyInstanceUID == STUDY_UID and seg.PatientID == "LIVERSEG-TEST"
-    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID != ""
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID == SERIES_UID
     labels = [(s.SegmentNumber, s.SegmentLabel) for s in seg.SegmentSequence]
     assert labels == [(1, "Liver"), (2, "Liver lesion")]
     liver, lesion = seg.SegmentSequence
@@ -158,11 +158,11 @@ def test_anonymised_series_without_study_uid_skips_the_dicom_outputs_with_a_warn
     proc = run_cli(folder, "-o", tmp_path / "out", "--progress", "none", "--no-overview", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert any("no DICOM SEG/SR written" in w and "Study Instance UID" in w for w in summary["warnings"])
+    assert any("no DICOM SEG/SR written" in w and "Instance UID" in w for w in summary["warnings"])
     assert not (tmp_path / "out" / "segmentation.dcm").exists() and "dicom" not in summary
     # asked for explicitly: refused in one line before the model runs, nothing written
     proc = run_cli(folder, "-o", tmp_path / "out2", "--progress", "none", "--dicom-seg", env=env, timeout=300)
-    assert_one_line_error(proc, "no Study Instance UID", "--no-dicom-seg")
+    assert_one_line_error(proc, "Instance UID (anonymised?)", "--no-dicom-seg")
     assert not (tmp_path / "out2").exists()
 
 

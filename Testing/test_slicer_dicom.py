@@ -9,7 +9,7 @@ import pydicom
 import pytest
 
 import slicer_fixtures  # isort: skip # noqa: F401 (first: skips without slicer-core, puts LiverSeg/ on sys.path)
-from dicom_fixtures import PATIENT_ID, STUDY_UID, sop_uid, ts_series_with_study
+from dicom_fixtures import PATIENT_ID, SERIES_UID, STUDY_UID, sop_uid, ts_series_with_study
 from LiverSegSlicer import InProcessRunner, LiverSegLogic
 from LiverSegSlicer.statistics import segmentContents
 from slicer_fixtures import load_volume_node, slicer
@@ -42,8 +42,8 @@ def test_export_references_the_series_with_the_segments_and_the_table(case):
     seg = hd.seg.segread(out / "segmentation.dcm")
     first = pydicom.dcmread(case["files"][0], stop_before_pixels=True)
     assert seg.StudyInstanceUID == STUDY_UID and seg.PatientID == PATIENT_ID
-    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
-    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID == SERIES_UID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID != ""
     assert [(s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue) for s in seg.SegmentSequence] == [
         ("Liver", "10200004"), ("Liver lesion", "108369006")]
     # each frame holds the Liver segment of the node on the slice it references

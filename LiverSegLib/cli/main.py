@@ -14,7 +14,7 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from LiverSegLib.errors import InputError
+from LiverSegLib.errors import InputError, RemoteError
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_INTERNAL", "EXIT_USAGE"]
 
@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"liverseg: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE
+    except RemoteError as exc:  # a server down or failing: one line, not a traceback
+        print(f"liverseg: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_INTERNAL
     except KeyboardInterrupt as exc:
         print(f"liverseg: {getattr(exc, 'liverseg_message', 'interrupted; no output was written')}", file=sys.stderr)
         return 130

@@ -16,7 +16,8 @@ __all__ = ["add_parser", "run", "segment_and_report"]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="segment liver and liver lesions in one CT",
                        description="Segment liver and liver lesions in a CT (NIfTI/NRRD/MHA file or DICOM folder).")
-    p.add_argument("input", help="CT volume file or DICOM series folder; with --batch, a folder of cases")
+    p.add_argument("input", nargs="?", help="CT volume file or DICOM series folder; with --batch, a folder of cases "
+                                            "(none with --dicomweb)")
     p.add_argument("-o", "--output", required=True,
                    help="output folder (new or empty, or earlier LiverSeg results with --overwrite); with --batch, "
                         "one subfolder per case and batch_summary.csv")
@@ -46,7 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dicom-seg", action=argparse.BooleanOptionalAction, default=None,
                    help="write segmentation.dcm (DICOM SEG) and measurements.dcm (TID 1500 SR); default: for DICOM "
                         "input; --dicom-seg for any input (the CT is then written as DICOM in ct_dicom/ too)")
-    p.add_argument("--series", metavar="UID", help="the series to segment in a DICOM folder holding several")
+    p.add_argument("--series", metavar="UID", help="the series to segment in a DICOM folder (or --dicomweb study) "
+                                                   "holding several")
+    p.add_argument("--dicomweb", metavar="URL", help="pull the CT from this DICOMweb server (its DICOMweb root, e.g. "
+                                                     "http://pacs:8042/dicom-web) instead of INPUT; needs --study")
+    p.add_argument("--study", metavar="UID", help="with --dicomweb: the Study Instance UID")
+    p.add_argument("--send", action="store_true", help="with --dicomweb: store segmentation.dcm and measurements.dcm "
+                                                       "back into the study (STOW-RS)")
     p.add_argument("--progress", choices=["bar", "json", "none"], default="bar",
                    help="bar on stderr (default), one JSON object per line on stdout, or nothing")
     p.add_argument("--overwrite", action="store_true",
@@ -64,12 +71,35 @@ def run(args: argparse.Namespace) -> int:
     def work() -> dict | None:
         if args.pattern and not args.batch:
             raise InputError("--pattern only applies with --batch")
+        _check_source(args)
         options = SegmentOptions.from_cli(args)
+        if args.dicomweb:
+            from LiverSegLib.runs.dicomweb import segment_from_dicomweb
+
+            return segment_from_dicomweb(args.dicomweb, args.study, args.output, options, series_uid=args.series,
+                                         send=args.send, progress=reporter, log=reporter.log)
         if args.batch:
             return _batch(Path(args.input), Path(args.output), options, args.pattern, args.progress, reporter)
         return segment_file(args.input, args.output, options, progress=reporter, log=reporter.log)
 
     return _reported(reporter, work, Path(args.output), args.progress)
+
+
+def _check_source(args: argparse.Namespace) -> None:
+    """Exactly one source: INPUT, or --dicomweb with --study; --study/--send only with --dicomweb."""
+    if args.dicomweb:
+        if args.input:
+            raise InputError("give INPUT or --dicomweb, not both")
+        if not args.study:
+            raise InputError("--dicomweb needs --study UID (the study to pull the CT series from)")
+        if args.batch:
+            raise InputError("--batch reads a folder of cases; it cannot be combined with --dicomweb")
+    else:
+        if not args.input:
+            raise InputError("give the CT to segment (a file or DICOM folder), or --dicomweb URL --study UID")
+        for flag, value in (("--study", args.study), ("--send", args.send)):
+            if value:
+                raise InputError(f"{flag} only applies with --dicomweb")
 
 
 def segment_and_report(input_path: str | Path, output: str | Path, options, progress: str = "bar") -> int:

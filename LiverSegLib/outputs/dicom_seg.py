@@ -75,8 +75,8 @@ def _completed(datasets: list) -> list:
                               ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             if not str(ds.get(key, "") or "") and meta is not None and str(meta.get(meta_key, "") or ""):
                 setattr(ds, key, meta.get(meta_key))
-    for key, what in (("StudyInstanceUID", "Study Instance UID"), ("SOPInstanceUID", "SOP Instance UIDs"),
-                      ("FrameOfReferenceUID", "Frame of Reference UID")):
+    for key, what in (("StudyInstanceUID", "Study Instance UID"), ("SeriesInstanceUID", "Series Instance UID"),
+                      ("SOPInstanceUID", "SOP Instance UIDs"), ("FrameOfReferenceUID", "Frame of Reference UID")):
         if not all(str(ds.get(key, "") or "").strip() for ds in datasets):
             raise InputError(f"the source DICOM series has no {what} (anonymised?): a DICOM SEG cannot reference "
                              "it; use --no-dicom-seg")

@@ -15,7 +15,7 @@ from pathlib import Path
 from LiverSegLib.errors import ModelError
 from LiverSegLib.runs.options import SegmentOptions
 
-__all__ = ["segment_file", "check_model_choice"]
+__all__ = ["segment_file", "check_model_choice", "update_summary"]
 
 
 def check_model_choice(options: SegmentOptions) -> None:
@@ -29,14 +29,18 @@ def check_model_choice(options: SegmentOptions) -> None:
     load_registry().get(options.model)
 
 
-def _record_write_time(summary_path: Path, seconds: float) -> None:
-    """Add the write stage's time to summary.json, which is itself written during that stage.
+def update_summary(summary_path: Path, updates: dict) -> None:
+    """Merge ``updates`` into summary.json (e.g. the write stage's time, which is measured while it is written).
 
     The file is replaced atomically (temporary file in the same folder, then ``os.replace``), so a reader sees
-    either the summary without ``timings_s.write`` or the complete one.
+    either the summary before the update or the complete one.
     """
     data = json.loads(summary_path.read_text(encoding="utf-8"))
-    data.setdefault("timings_s", {})["write"] = seconds
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key].update(value)
+        else:
+            data[key] = value
     tmp = summary_path.with_name(f".{summary_path.name}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
@@ -47,7 +51,8 @@ def _record_write_time(summary_path: Path, seconds: float) -> None:
 
 def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
                  options: SegmentOptions | None = None, *, progress: Callable[[str, float], None] | None = None,
-                 log: Callable[[str], None] | None = None, predictor=None, runner=None) -> dict:
+                 log: Callable[[str], None] | None = None, predictor=None, runner=None,
+                 input_description: dict | None = None) -> dict:
     """Segment the CT at ``input_path`` and write its results into ``output_dir``.
 
     The output folder and the model choice are checked before anything is read or computed; the results are
@@ -64,6 +69,8 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
         runner: run the model through this runner instead (e.g. a
             :class:`~LiverSegLib.runs.subprocess_runner.SubprocessRunner`, one process per case); it reports its
             own warnings.
+        input_description: what summary.json records as the input instead of its path (e.g. the DICOMweb server,
+            study and series a temporary folder was downloaded from).
 
     Returns:
         The case summary (as in summary.json) with ``outputs``: the written paths by key.
@@ -105,15 +112,16 @@ def segment_file(input_path: str | os.PathLike, output_dir: str | os.PathLike,
             log(f"warning: {dicom_warning}")
     t0 = time.perf_counter()
     report("write", 0.0)
-    extra = {"input": {"path": str(Path(input_path).resolve()), "format": volume.metadata.get("format"),
-                       "size_xyz": list(volume.shape_xyz), "spacing_xyz": list(volume.spacing_xyz)}}
+    where = input_description or {"path": str(Path(input_path).resolve())}
+    extra = {"input": {**where, "format": volume.metadata.get("format"), "size_xyz": list(volume.shape_xyz),
+                       "spacing_xyz": list(volume.spacing_xyz)}}
     paths = write_case_outputs(result, volume, outdir, surfaces=options.surfaces, overwrite=options.overwrite,
                                extra_summary=extra, overview=options.overview, dicom=dicom)
     try:
         report("write", 1.0)
         summary = result.summary()
         summary["timings_s"]["write"] = round(time.perf_counter() - t0, 4)
-        _record_write_time(Path(paths["summary"]), summary["timings_s"]["write"])
+        update_summary(Path(paths["summary"]), {"timings_s": {"write": summary["timings_s"]["write"]}})
         summary["outputs"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
     except KeyboardInterrupt as exc:  # the results are complete and in place: say so instead of "nothing written"
         exc.liverseg_message = f"interrupted after the complete results were written to {outdir}"
