@@ -223,10 +223,11 @@ def test_first_run_requirements_match_the_library_dependencies():
     from LiverSegSlicer.dependencies import missingRequirements, readRequirements, torchProblem
 
     requirements = readRequirements()
-    # numpy and vtk ship with Slicer; matplotlib is only for the CLI's overview picture (Slicer's runner asks none);
-    # highdicom needs pydicom 3 and Slicer 5.10 bundles pydicom 2.4.4 for its DICOM module: installing it on first
-    # use would replace Slicer's pydicom, so the DICOM export says how to get it instead (dicom_export.py)
-    not_in_slicer = {"numpy", "vtk", "matplotlib", "highdicom"}
+    # numpy, vtk and pydicom ship with Slicer; matplotlib is only for the CLI's overview picture (Slicer's runner
+    # asks none). highdicom and dicomweb-client need pydicom 3, and Slicer 5.10 bundles pydicom 2.4.4 for its DICOM
+    # module: installing them on first use would replace Slicer's pydicom, so the DICOM export says how to get
+    # highdicom instead (dicom_export.py); dicomweb-client is the CLI's PACS pull/push.
+    not_in_slicer = {"numpy", "vtk", "matplotlib", "pydicom", "highdicom", "dicomweb-client"}
     expected = [d for d in _pyproject_dependencies() if re.match(r"[A-Za-z0-9_.-]+", d).group(0) not in not_in_slicer]
     assert sorted(r.spec for r in requirements) == sorted(expected), "requirements.txt differs from pyproject.toml"
     assert [r.via for r in requirements if r.name == "torch"] == ["PyTorchUtils"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import SimpleITK as sitk  # noqa: N813
 
 from LiverSegLib.errors import InputError
@@ -133,8 +134,6 @@ def read_dicom_folder(folder: Path, series_uid: str | None = None,
 def _spacing_deviation(reader: sitk.ImageSeriesReader, image: sitk.Image) -> float:
     """Largest difference (mm) between a gap of consecutive slice positions along the normal and the volume's
     slice spacing (0 for a single slice or slices without positions)."""
-    import numpy as np
-
     normal = np.asarray(image.GetDirection(), float).reshape(3, 3)[:, 2]
     positions = []
     for i in range(len(reader.GetFileNames())):
