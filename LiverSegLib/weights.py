@@ -24,7 +24,7 @@ import torch
 
 from LiverSegLib.errors import ModelError
 
-__all__ = ["CHECKPOINT_FORMAT", "sha256_file", "verify_sha256", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "sha256_file", "verify_sha256", "read_verified", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_FORMAT = "liverseg-checkpoint"
 _ZIP_MAGIC = b"PK\x03\x04"
@@ -39,17 +39,34 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
-def verify_sha256(path: str | os.PathLike, expected: str) -> None:
-    """Raise :class:`ModelError` unless ``path`` exists and has the expected sha256."""
-    path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path} (run 'liverseg models verify' to check the installation)")
-    actual = sha256_file(path)
+def _check_digest(path: Path, actual: str, expected: str) -> None:
     if actual.lower() != expected.lower():
         raise ModelError(
             f"model file {path.name} fails its checksum (expected sha256 {expected[:12]}..., got {actual[:12]}...); "
             "it is corrupt or was replaced: reinstall it"
         )
+
+
+def _check_exists(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path} (run 'liverseg models verify' to check the installation)")
+
+
+def verify_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise :class:`ModelError` unless ``path`` exists and has the expected sha256."""
+    path = Path(path)
+    _check_exists(path)
+    _check_digest(path, sha256_file(path), expected)
+
+
+def read_verified(path: str | os.PathLike, expected: str) -> bytes:
+    """A model file's bytes, refused (:class:`ModelError`) unless their sha256 is ``expected``: hashed on the very
+    bytes that are returned, so the file cannot change between the check and the load."""
+    path = Path(path)
+    _check_exists(path)
+    data = path.read_bytes()
+    _check_digest(path, hashlib.sha256(data).hexdigest(), expected)
+    return data
 
 
 def load_checkpoint(path: str | os.PathLike, expected_sha256: str | None = None) -> dict[str, Any]:

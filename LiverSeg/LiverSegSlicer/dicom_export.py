@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -98,10 +99,12 @@ def exportDicom(segmentationNode, inputVolume, outputFolder, sourceFiles=None, a
         datasets = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
         source = DicomSource(order_source_series(datasets, result.labelmap))
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.liverseg-tmp-{os.getpid()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.liverseg-tmp-", dir=out.parent))  # same file system as out
     try:
-        tmp.mkdir()
         names, info = write_dicom_outputs(result, volumeFromNode(inputVolume, copy=False), tmp, source)
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # mkdtemp's 0700 would make the user's folder private
         if out.exists():
             out.rmdir()  # empty, checked above
         os.replace(tmp, out)

@@ -12,16 +12,16 @@ is only needed to build the torch network. Measured in ``benchmarks/runtimes.py`
 
 from __future__ import annotations
 
-import hashlib
 import io
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from LiverSegLib.config import OnnxExport, StageConfig
+from LiverSegLib.config import StageConfig
 from LiverSegLib.errors import InputError, LiverSegError, ModelError
 from LiverSegLib.pipeline.stage import SliceStage, StageOutput
+from LiverSegLib.weights import read_verified
 
 __all__ = ["ENGINES", "PRECISIONS", "OnnxStage", "engine_available"]
 
@@ -64,7 +64,7 @@ class OnnxStage(SliceStage):
             raise InputError("bf16 inference is available with the openvino runtime only")
         if not engine_available(engine):
             raise InputError(f"the {engine} runtime is not installed (pip install {engine}), or use --runtime torch")
-        data = _read_verified(Path(onnx_path), export)
+        data = read_verified(onnx_path, export.sha256)
         self.stage = stage
         self.export = export
         self.engine = engine
@@ -113,18 +113,6 @@ class OnnxStage(SliceStage):
         self.warnings = [w for w in self.warnings if "batch reduced" not in w]
         self.warnings.append(f"out of memory on cpu: {self.stage.network.name} batch reduced to "
                              f"{self._batch_override}")
-
-
-def _read_verified(path: Path, export: OnnxExport) -> bytes:
-    """The export's bytes, refused unless their sha256 is the catalogue's (hashed on the bytes that get loaded)."""
-    if not path.is_file():
-        raise ModelError(f"model file not found: {path} (run 'liverseg models verify' to check the installation)")
-    data = path.read_bytes()
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != export.sha256.lower():
-        raise ModelError(f"model file {path.name} fails its checksum (expected sha256 {export.sha256[:12]}..., got "
-                         f"{actual[:12]}...); it is corrupt or was replaced: reinstall it")
-    return data
 
 
 def _openvino_session(data: bytes, precision: str, threads: int | None,
