@@ -60,6 +60,7 @@ def test_cli_on_totalsegmentator_example_ct(tmp_path):
     assert summary["model"]["id"] == "han-liver"
     assert summary["liver_volume_ml"] == pytest.approx(np.count_nonzero(seg.array_zyx) * ct.voxel_volume_ml, rel=1e-3)
     assert (out / "overview.png").stat().st_size > 10_000
+    assert not (out / "segmentation.dcm").exists() and "dicom" not in summary  # NIfTI in: no DICOM out by default
 
 
 def test_dicom_series_input_lands_on_the_dicom_grid(tmp_path):
