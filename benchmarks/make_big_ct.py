@@ -6,7 +6,9 @@ liver in every block (so the liver box spans the whole scan, the worst case for 
 
 ``--source`` takes the slices of another CT instead (a sample case name or a file, e.g. 3D-IRCADb patient 19 for a
 512 x 512 x 300 stack at its own 4 mm: a 1.2 m scan with a liver every 124 slices), ``--z-spacing`` its slice
-spacing (default 1 mm; ``source`` keeps the source's).
+spacing (default 1 mm; ``source`` keeps the source's). ``--source phantom`` needs no file at all: a synthetic
+512 x 512 x 48 abdomen (LiverSegLib's phantom, 0.8 mm in-plane) stacked the same way, for a machine that has no
+sample CTs (the GPU machine has no network).
 
 Usage::
 
@@ -28,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("out", type=Path, help="output file (.nrrd, .nii.gz, .mha)")
     p.add_argument("--slices", type=int, default=1000)
-    p.add_argument("--source", default="ts_example_dicom", help="sample case or CT file (default ts_example_dicom)")
+    p.add_argument("--source", default="ts_example_dicom",
+                   help="sample case, CT file or 'phantom' (default ts_example_dicom)")
     p.add_argument("--z-spacing", default="1.0", help="slice spacing in mm of the stack, or 'source' (default 1.0)")
     args = p.parse_args(argv)
 
@@ -36,7 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     from LiverSegLib.io import read_volume, write_volume
     from LiverSegLib.pipeline.geometry import to_canonical
 
-    ct = read_volume(args.source) if Path(args.source).exists() else load_case(args.source)[0]
+    if args.source == "phantom":
+        from LiverSegLib.data.phantoms import make_phantom
+
+        ct = make_phantom((48, 512, 512), (0.8, 0.8, 2.5), seed=11)[0]
+    else:
+        ct = read_volume(args.source) if Path(args.source).exists() else load_case(args.source)[0]
     block, _ = to_canonical(ct)
     src = np.asarray(block.array_zyx)
     order = np.concatenate([np.arange(len(src)), np.arange(len(src))[::-1]])  # up, then back down: no jumps
