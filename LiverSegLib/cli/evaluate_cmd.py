@@ -190,8 +190,6 @@ def _empty_notes(case: dict[str, Any]) -> str:
 
 
 def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    from LiverSegLib.metrics import evaluate_case  # lazy: torch and MONAI are slow to import
-
     gt_labels, pred_labels = _labels_for(args, "gt"), _labels_for(args, "pred")
     rows = []
     for name, (pred_path, gt_path) in zip(_case_names(pairs), pairs, strict=True):
@@ -210,6 +208,8 @@ def _evaluate_pairs(pairs: list[tuple[Path, Path]], args: argparse.Namespace) ->
         p = _canonical_labels(pred.array_zyx, *labels[0], pred_path, "pred")
         g = _canonical_labels(gt.array_zyx, *labels[1], gt_path, "gt")
         spacing_zyx = tuple(reversed(gt.spacing_xyz))  # array axis 0 is k, whose spacing is spacing_xyz[2]
+        # imported once a pair is known to be comparable: torch and MONAI take seconds, a refusal should not
+        from LiverSegLib.metrics import evaluate_case
         del pred, gt  # full-size volumes; only the uint8 maps are needed from here on
         case = evaluate_case(p, g, spacing_zyx, min_overlap=args.min_overlap)
         rows.append({"case": name, **case, "pred_path": str(pred_path), "gt_path": str(gt_path),
