@@ -155,7 +155,8 @@ def test_sr_lesions_match_the_lesion_table_and_their_seg_frames(lits_result):
 
 def test_anonymised_series_without_study_uid_skips_the_dicom_outputs_with_a_warning(tmp_path, env):
     folder = fetch_source("totalsegmentator") / TS_DICOM
-    proc = run_cli(folder, "-o", tmp_path / "out", "--progress", "none", "--no-overview", env=env, timeout=300)
+    proc = run_cli(folder, "-o", tmp_path / "out", "--progress", "none", "--no-overview", "--quick", env=env,
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert any("no DICOM SEG/SR written" in w and "Instance UID" in w for w in summary["warnings"])
@@ -169,7 +170,8 @@ def test_anonymised_series_without_study_uid_skips_the_dicom_outputs_with_a_warn
 def test_nifti_input_with_dicom_seg_writes_the_ct_series_it_references(tmp_path, env):
     ct_path = fetch_source("totalsegmentator") / "tests/reference_files/example_ct.nii.gz"
     out = tmp_path / "out"
-    proc = run_cli(ct_path, "-o", out, "--progress", "none", "--no-overview", "--dicom-seg", env=env, timeout=300)
+    proc = run_cli(ct_path, "-o", out, "--progress", "none", "--no-overview", "--dicom-seg", "--quick", env=env,
+                   timeout=300)
     assert proc.returncode == 0, proc.stderr
     copy = read_volume(out / "ct_dicom")
     original = read_volume(ct_path)

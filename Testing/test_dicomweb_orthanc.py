@@ -72,7 +72,7 @@ def test_pull_segment_and_send_back_through_dicomweb(uploaded, tmp_path, env):
     orthanc = uploaded
     out = tmp_path / "out"
     proc = run_cli("--dicomweb", f"{orthanc}/dicom-web", "--study", STUDY_UID, "-o", out, "--send", "--progress",
-                   "none", "--no-overview", env=env, timeout=300)
+                   "none", "--no-overview", "--quick", env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["input"]["dicomweb"] == f"{orthanc}/dicom-web"

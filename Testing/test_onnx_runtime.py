@@ -142,7 +142,7 @@ def test_monai_stays_off_the_openvino_inference_path(tmp_path):
     code = (
         "import sys, runpy\n"
         "sys.argv = ['liverseg', 'segment', sys.argv[1], '-o', sys.argv[2], '--progress', 'none', '--device', 'cpu',"
-        " '--no-overview']\n"
+        " '--no-overview', '--quick']\n"
         "try:\n"
         "    runpy.run_module('LiverSegLib', run_name='__main__')\n"
         "except SystemExit as exc:\n"
