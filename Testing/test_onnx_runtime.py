@@ -130,7 +130,7 @@ def test_runtime_choices_fail_clearly(model):
             Predictor("han-liver", device="cuda", runtime="openvino")
 
 
-def test_a_model_without_export_runs_on_torch(tmp_path):
+def test_a_model_without_export_runs_on_torch():
     """A stage without an ``onnx`` block (a user's checkpoint, DI2IN's 3D coarse stage) keeps torch under auto."""
     predictor = Predictor("di2in-an-liver", device="cpu", threads=2)
     assert predictor.runtimes["coarse"] == "torch fp32 on cpu"

@@ -5,9 +5,10 @@ batch and slice size; its file and sha256 are in the stage's ``onnx`` entry of `
 checkpoint it was exported from. The file is read once, its sha256 checked on the bytes that are then loaded (an
 ONNX file is a protobuf of tensors and operators: nothing in it is executed as Python).
 
-Why: on the CPU these engines run the same network 2-3x faster than eager torch at float32, and on CPUs with
-native bfloat16 (AMX, AVX512-BF16) several times faster again; they also spare the process MONAI's import, which
-is only needed to build the torch network. Measured in ``benchmarks/runtimes.py``.
+Why: on the CPU, OpenVINO at float32 makes a whole prediction 1.4-1.8x faster than eager torch with the same labels
+(``benchmarks/results/runtimes.md``, nine real scans, 2 threads), and spares the process MONAI's import, which is only
+needed to build the torch network. bfloat16 (CPUs with AMX / AVX512-BF16) is 1.9-2.8x torch but moves lesion labels,
+so it is opt-in; ONNX Runtime was 1.0-1.2x torch.
 """
 
 from __future__ import annotations
