@@ -207,3 +207,63 @@ def test_fine_inplane_floor_coarsens_only_finer_scans_and_maps_back(tiny_model, 
     assert np.abs(shift_mm).max() < 1.5, shift_mm
     with pytest.raises(Exception, match="fine_inplane_floor_mm must be > 0"):
         CascadeConfig(fine_inplane_floor_mm=0.0)
+
+
+def test_coarse_liver_weight_blends_the_stages(tiny_model, phantom, monkeypatch):
+    """``coarse_liver_weight``: 0 is Han's cascade (the fine stage alone decides the liver), 1 gives the coarse
+    stage's liver exactly (what a coarse-only model gives), and 0.5 recovers liver the fine stage alone misses. The
+    fine stage is made to miss half of the liver's slices (injected on purpose: the tiny model's two stages are the
+    same network, so they would agree)."""
+    ct, _ = phantom
+    real_predict = StageModel.predict
+    current = {}
+
+    def fine_misses_half(self, grid, z_indices, progress=None):
+        out = real_predict(self, grid, z_indices, progress)
+        if self is current["fine"]:
+            half = out.foreground.shape[0] // 2
+            out.foreground[:half] *= 0.3
+            if out.lesion is not None:
+                out.lesion[:half] *= 0.3
+        return out
+
+    def liver(weight: float, fine: bool = True) -> np.ndarray:
+        model = replace(tiny_model, cascade=replace(tiny_model.cascade, coarse_liver_weight=weight))
+        if not fine:
+            model = replace(model, fine=None)
+        predictor = Predictor(model, device="cpu")
+        current["fine"] = predictor.fine
+        return predictor.predict(ct).labelmap.array_zyx > 0
+
+    monkeypatch.setattr(StageModel, "predict", fine_misses_half)
+    han, coarse_only, all_coarse, mean = liver(0.0), liver(0.0, fine=False), liver(1.0), liver(0.5)
+    np.testing.assert_array_equal(all_coarse, coarse_only)
+    assert han.sum() < 0.7 * coarse_only.sum(), "the fine stage alone lost the lower half"
+    assert mean.sum() > han.sum() * 1.2 and mean.sum() <= coarse_only.sum() * 1.05
+    with pytest.raises(Exception, match="coarse_liver_weight must lie in"):
+        CascadeConfig(coarse_liver_weight=1.5)
+    assert CascadeConfig.from_dict(CascadeConfig(coarse_liver_weight=0.5).to_dict()).coarse_liver_weight == 0.5
+    assert "coarse_liver_weight" not in CascadeConfig().to_dict(), "older catalogue entries regenerate unchanged"
+
+
+def test_fine_inplane_mm_fixes_the_fine_grid_both_ways(tiny_model, phantom, monkeypatch):
+    """``fine_inplane_mm``: one in-plane grid for every scan. On the 2 mm phantom, 1.0 mm refines the fine stage's
+    grid (twice the box's pixels per axis) and 2.5 mm coarsens it; the labels land on the input grid, in place."""
+    ct, _ = phantom
+    native = Predictor(tiny_model, device="cpu").predict(ct).labelmap.array_zyx > 0
+    for mm in (1.0, 2.5):
+        predictor = Predictor(replace(tiny_model, cascade=replace(tiny_model.cascade, fine_inplane_mm=mm)),
+                              device="cpu")
+        grids = []
+        real_predict = predictor.fine.predict
+        monkeypatch.setattr(predictor.fine, "predict", lambda grid, *a, _p=real_predict, _g=grids, **k:
+                            _g.append(grid.shape) or _p(grid, *a, **k))
+        result = predictor.predict(ct)
+        box = result.details["box_canonical_zyx"]
+        box_yx = np.subtract(box["stop"], box["start"])[1:]
+        assert len(grids) == 1 and np.allclose(grids[0][1:], box_yx * 2.0 / mm, atol=1), (mm, grids, box_yx)
+        liver = result.labelmap.array_zyx > 0
+        assert result.labelmap.same_grid(ct) and abs(int(liver.sum()) - int(native.sum())) < 0.1 * native.sum()
+    with pytest.raises(Exception, match="not both"):
+        CascadeConfig(fine_inplane_mm=1.0, fine_inplane_floor_mm=1.0)
+    assert CascadeConfig.from_dict(CascadeConfig(fine_inplane_mm=1.0).to_dict()).fine_inplane_mm == 1.0

@@ -24,6 +24,10 @@ def test_recipes_build_with_the_stated_choices():
     an = release_di2in.di2in_recipe(10, 2, 0)
     assert an.adversarial["k_d"] == 2 and an.adversarial["lambda"] == 0.01 and an.stage.spacing_xyz == (3.0, 3.0, 3.0)
     assert release_weights.cascade().coarse_gate_mm == 5.0
+    # 1.2.0: the fine stage trains and runs on a fixed 1.0 mm in-plane grid; the liver is the two stages' mean
+    assert fine.stage.spacing_xyz == (1.0, 1.0, None) and coarse.stage.spacing_xyz == (2.0, 2.0, 2.5)
+    assert release_weights.cascade().coarse_liver_weight == 0.5
+    assert release_weights.cascade().fine_inplane_floor_mm is None
 
 
 def test_catalogue_entry_validates_and_loads(tmp_path):

@@ -8,6 +8,10 @@ the whole cascade runs on the held-out case with ``cascade.fine_inplane_floor_mm
 native resolution) and is scored with the LiTS metrics. The issue's rule: a floor is acceptable when no case's
 liver or lesion Dice drops by more than 0.005 against native. Writes ``<out>.md`` and ``<out>.json``. A harness,
 not a test; the fine-stage time is one run on a shared machine (see the machine line).
+
+It measures folds whose fine stage runs at native resolution (han-liver 1.0/1.1, ``release_weights`` before 1.2.0):
+from 1.2.0 the fine stage trains and runs on a fixed 1.0 mm in-plane grid (its ``spacing_xyz``), where a floor
+changes nothing, so the script refuses such folds.
 """
 
 from __future__ import annotations
@@ -37,6 +41,9 @@ TOLERANCE = 0.005
 
 def run(release_dir: Path, case: str, floor: float | None) -> dict:
     model = rw.fold_model(release_dir / case, f"fold-{case}")
+    if any(s is not None for s in model.fine.spacing_xyz[:2]):
+        raise SystemExit(f"{release_dir / case}: the fine stage runs on a fixed {model.fine.spacing_xyz} grid; a "
+                         "floor changes nothing there (see the docstring)")
     model = replace(model, cascade=replace(model.cascade, fine_inplane_floor_mm=floor))
     ct, label = load_case(case)
     predictor = Predictor(model, device="cpu")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from LiverSegLib.config import PRECISIONS, RUNTIMES, ModelConfig, StageConfig
+from LiverSegLib.config import PRECISIONS, RUNTIMES, CascadeConfig, ModelConfig, StageConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
@@ -175,6 +175,8 @@ class Predictor:
         else:
             fg = sample_to_native(coarse_fg, (0, 0, 0), np.asarray(native_shape) / np.asarray(coarse_shape), box)
             lesion = None
+        if self.fine is not None and self.model.cascade.coarse_liver_weight > 0.0:
+            fg = self._blend_coarse(fg, coarse_fg, native_shape, coarse_shape, box)
         if self.fine is not None and self.model.cascade.coarse_gate_mm is not None:
             gate = coarse_gate(coarse_fg, native_shape, box, self.model.cascade, canonical.spacing_xyz)
             fg = np.where(gate, fg, np.float16(0))
@@ -242,8 +244,7 @@ class Predictor:
         z0, z1 = max(0, box.start[0] - half), min(nz, box.stop[0] + half)  # neighbours for the 2.5D stacks
         (_, ys, xs) = box.slices
         report("fine", 0.0)
-        spacing = spacing_override or _floored(stage.spacing_xyz, canonical.spacing_xyz,
-                                               self.model.cascade.fine_inplane_floor_mm)
+        spacing = spacing_override or _fine_grid(stage.spacing_xyz, canonical.spacing_xyz, self.model.cascade)
         native = all(s is None for s in spacing)
         # Histogram equalisation is defined on whole axial slices (as in training): such a stage sees full slices.
         full_slices = stage.normalization == "histeq"
@@ -264,6 +265,17 @@ class Predictor:
         fg = sample_to_native(out.foreground, origin, scale, box)
         lesion = sample_to_native(out.lesion, origin, scale, box) if out.lesion is not None else None
         return fg, lesion
+
+    def _blend_coarse(self, fine_fg: np.ndarray, coarse_fg: np.ndarray, native_shape: tuple[int, int, int],
+                      coarse_shape: tuple[int, int, int], box: Box) -> np.ndarray:
+        """``(1 - w) * fine + w * coarse`` liver probability in the box (``CascadeConfig.coarse_liver_weight``)."""
+        w = np.float16(self.model.cascade.coarse_liver_weight)
+        coarse = sample_to_native(coarse_fg, (0, 0, 0), np.asarray(native_shape) / np.asarray(coarse_shape), box)
+        # in float16 and in place: a large box costs 2 bytes per voxel more, not 12 (probabilities need no more)
+        coarse *= w
+        blended = np.multiply(fine_fg, np.float16(1) - w, dtype=np.float16)
+        blended += coarse
+        return blended
 
     def _postprocess(self, canonical: Volume, box: Box, fg: np.ndarray, lesion: np.ndarray | None,
                      threshold: float):
@@ -307,8 +319,12 @@ def _runtime_name(model: StageModel | SliceStage) -> str:
     return getattr(model, "runtime", type(model).__name__)
 
 
-def _floored(stage_xyz: tuple, native_xyz: tuple, floor_mm: float | None) -> tuple:
-    """The stage's grid with native in-plane axes coarsened to ``floor_mm`` where the scan is finer than it."""
+def _fine_grid(stage_xyz: tuple, native_xyz: tuple, cascade: CascadeConfig) -> tuple:
+    """The fine stage's grid: its native in-plane axes set to ``cascade.fine_inplane_mm``, or coarsened to
+    ``cascade.fine_inplane_floor_mm`` where the scan is finer than it (axes the stage fixes itself stay)."""
+    fixed, floor_mm = cascade.fine_inplane_mm, cascade.fine_inplane_floor_mm
+    if fixed is not None:
+        return tuple(fixed if axis < 2 and target is None else target for axis, target in enumerate(stage_xyz))
     if floor_mm is None:
         return stage_xyz
     return tuple(floor_mm if axis < 2 and target is None and native_xyz[axis] < floor_mm else target

@@ -38,7 +38,7 @@ from LiverSegLib.types import Volume
 
 __all__ = ["PAINT_ORDER", "IRCAD_FOLDER_TO_ORGAN", "TOTALSEG_TO_ORGAN", "list_ircad_mask_sets", "read_ircad_masks",
            "list_lits_masks", "read_lits_mask", "list_unlabelled_series", "read_unlabelled",
-           "read_totalsegmentator_map", "body_from_ct"]
+           "read_totalsegmentator_map", "organ_map_onto", "body_from_ct"]
 
 #: Overlap priority, lowest first: a later organ overwrites an earlier one where masks overlap. ``body`` is the
 #: fallback; ``other`` (bile ducts, stones, metal, non-liver masses) yields to every named organ; liver beats the
@@ -339,6 +339,14 @@ def body_from_ct(ct: Volume, threshold_hu: float = -500.0) -> np.ndarray:
     return _fill_slicewise(body, axis)
 
 
+def organ_map_onto(organ: Volume, ct: Volume) -> Volume:
+    """An organ map moved onto ``ct``'s grid exactly, through patient space (nearest label), with the unlabelled
+    inside of the skin (:func:`body_from_ct`) as ``body``; the metadata is ``ct``'s."""
+    placed = sitk.GetArrayFromImage(_label_onto(_sitk_image(organ.array_zyx, organ), _sitk_image(ct.array_zyx, ct)))
+    placed[(placed == 0) & body_from_ct(ct)] = ORGANS["body"]
+    return ct.with_array(placed)
+
+
 def read_totalsegmentator_map(path: Path | str, ct: Volume | None = None) -> Volume:
     """A TotalSegmentator v2 ``total`` label map (values 0-117) in the ORGANS vocabulary.
 
@@ -368,10 +376,7 @@ def read_totalsegmentator_map(path: Path | str, ct: Volume | None = None) -> Vol
         lut[value] = ORGANS[name]
     organ = vol.with_array(lut[arr.astype(np.intp)])
     if ct is not None:
-        placed = _label_onto(_sitk_image(organ.array_zyx, organ), _sitk_image(ct.array_zyx, ct))
-        out = sitk.GetArrayFromImage(placed)
-        out[(out == 0) & body_from_ct(ct)] = ORGANS["body"]
-        organ = ct.with_array(out)
+        organ = organ_map_onto(organ, ct)
     present = np.flatnonzero(np.bincount(organ.array_zyx.ravel(), minlength=256))
     meta = {"source": "TotalSegmentator", "label_origin": "TotalSegmentator v2 'total' prediction",
             "licence": "that of the CT it was predicted on (TotalSegmentator's sample files: Apache-2.0)",
