@@ -256,26 +256,3 @@ def test_totalsegmentator_bad_inputs(tmp_path: Path, ts_ct: tuple[Volume, Volume
     with pytest.raises(InputError, match=r"^input not found: "):
         ms.read_totalsegmentator_map(tmp_path / "missing.nii.gz")
 
-
-def test_ircad19_training_label_marks_its_own_organs_as_hard_negatives(ircad19: Volume) -> None:
-    """Training uses ircadb1_19 with its archive's extrahepatic organs (portal vein, vena cava, gallbladder) as hard
-    negatives; the manual liver and tumours are untouched, and only voxels outside the liver become hard."""
-    from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL
-    from LiverSegLib.training.release_weights import _ircad_label
-
-    _shared("ircadb1_19", "ct.nii.gz")
-    ct, ref = load_case("ircadb1_19")
-    label = _ircad_label("ircadb1_19", ct, ref)
-    lab, manual = np.asarray(label.array_zyx), np.asarray(ref.array_zyx)
-    assert label.same_grid(ct)
-    np.testing.assert_array_equal(lab[manual > 0], manual[manual > 0])
-    hard = lab == HARD_NEGATIVE_LABEL
-    assert not (hard & (manual > 0)).any()
-    on_ct = ms.organ_map_onto(ircad19, ct).array_zyx
-    for organ in ("portal_vein", "vena_cava", "gallbladder"):
-        outside = (on_ct == ORGANS[organ]) & (manual == 0)
-        assert outside.sum() > 1000 and hard[outside].all(), organ
-    assert not hard[np.isin(on_ct, (ORGANS["bone"], ORGANS["body"]))].any()
-    # the hard negatives sit next to the liver: within 3 cm of it (the extrahepatic trunk, the IVC, the gallbladder)
-    dist = ndimage.distance_transform_edt(manual == 0, sampling=ct.spacing_xyz[::-1])
-    assert np.median(dist[hard]) < 30.0

@@ -24,10 +24,13 @@ def test_recipes_build_with_the_stated_choices():
     an = release_di2in.di2in_recipe(10, 2, 0)
     assert an.adversarial["k_d"] == 2 and an.adversarial["lambda"] == 0.01 and an.stage.spacing_xyz == (3.0, 3.0, 3.0)
     assert release_weights.cascade().coarse_gate_mm == 5.0
-    # 1.2.0: the fine stage trains and runs on a fixed 1.0 mm in-plane grid; the liver is the two stages' mean
-    assert fine.stage.spacing_xyz == (1.0, 1.0, None) and coarse.stage.spacing_xyz == (2.0, 2.0, 2.5)
-    assert release_weights.cascade().coarse_liver_weight == 0.5
-    assert release_weights.cascade().fine_inplane_floor_mm is None
+    # 1.2.0: the fine stage (trained native) runs on a fixed 1.0 mm in-plane grid; the liver is the stages' mean
+    assert fine.stage.spacing_xyz == (None, None, None) and coarse.stage.spacing_xyz == (2.0, 2.0, 2.5)
+    rules = release_weights.cascade()
+    assert rules.coarse_liver_weight == 0.5 and rules.fine_inplane_mm == 1.0 and rules.fine_inplane_floor_mm is None
+    # DI2IN-AN keeps the rules it was measured with (1.0.0: no blend, no fixed grid)
+    di2in = release_di2in.di2in_cascade()
+    assert di2in.coarse_liver_weight == 0.0 and di2in.fine_inplane_mm is None and di2in.coarse_gate_mm == 5.0
 
 
 def test_catalogue_entry_validates_and_loads(tmp_path):

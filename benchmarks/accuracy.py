@@ -14,6 +14,11 @@ trained" row. Each fold's prediction is also drawn as ``loo_<case>.png`` (predic
 ircadb1_19 in training, so those rows are marked in-sample. ``--overviews`` (default ``DIR/all``, the shipped model)
 segments every unlabelled series of ``../shared/data/hcc_tace_unlabelled`` and draws ``overview_<series>.png``.
 Writes ``<out>.md`` and ``<out>.json`` (raw numbers). A harness, not a test.
+
+``--cascade KEY=VALUE ...`` varies the cascade rules of every fold (an ablation, e.g. ``coarse_liver_weight=0``
+``fine_inplane_mm=null fine_inplane_floor_mm=1.0``): every case is predicted again, and neither the folds'
+``loo_<case>.json`` nor the pictures are written, so the shipped rules' results stay as they were. Use another
+``--out`` and ``--no-overviews``.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
-from LiverSegLib.config import ModelConfig  # noqa: E402
+from LiverSegLib.config import CascadeConfig, ModelConfig  # noqa: E402
 from LiverSegLib.data.samples import case_info, load_case, shared_data_dir  # noqa: E402
 from LiverSegLib.metrics import evaluate_case  # noqa: E402
 from LiverSegLib.outputs.overview import render_overview  # noqa: E402
@@ -54,9 +59,32 @@ LIVER_DICE_TARGET, IRCAD_LESION_TARGET, MAX_FP_LESIONS = 0.92, 0.5, 2
 
 
 # ------------------------------------------------------------------------------------------------ running models
+#: ``--cascade`` overrides of the folds' cascade rules (empty: the shipped rules).
+CASCADE_OVERRIDES: dict[str, Any] = {}
+
+
 def fold_model(weights_dir: Path, name: str) -> ModelConfig:
-    """The cascade of a ``release_weights`` output folder, configured exactly as ``release_weights.score_case``."""
-    return rw.fold_model(weights_dir, name)
+    """The cascade of a ``release_weights`` output folder, configured exactly as ``release_weights.score_case``
+    (with the ``--cascade`` overrides, if any)."""
+    from dataclasses import replace
+
+    model = rw.fold_model(weights_dir, name)
+    if CASCADE_OVERRIDES:
+        model = replace(model, cascade=CascadeConfig.from_dict({**model.cascade.to_dict(), **CASCADE_OVERRIDES}))
+    return model
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["coarse_liver_weight=0", "fine_inplane_mm=null"]`` -> ``{"coarse_liver_weight": 0, "fine_inplane_mm":
+    None}`` (values are JSON); an unknown rule name stops the run."""
+    known = set(CascadeConfig().to_dict()) | {"fine_inplane_floor_mm", "fine_inplane_mm", "coarse_liver_weight"}
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--cascade {item!r}: expected RULE=VALUE with RULE one of {sorted(known)}")
+        out[key] = json.loads(value)
+    return out
 
 
 def is_trained(weights_dir: Path) -> bool:
@@ -96,9 +124,12 @@ def loo_rows(release_dir: Path, cases: list[str], rescore: bool, results: Path) 
             rows.append({"case": case, "status": "not trained"})
             print(f"{case}: not trained ({fold} lacks {' or '.join(WEIGHT_FILES)})", flush=True)
             continue
-        row = json.loads(cached.read_text()) if cached.is_file() and not rescore else None
+        ablation = bool(CASCADE_OVERRIDES)
+        row = json.loads(cached.read_text()) if cached.is_file() and not (rescore or ablation) else None
         source = "cached" if row is not None else "scored now"
-        if row is None or not png.is_file():
+        if ablation:
+            row, _, _ = predict_and_score(Predictor(fold_model(fold, f"loo-{case}"), device="cpu"), case)
+        elif row is None or not png.is_file():
             print(f"{case}: predicting with {fold}", flush=True)
             try:
                 fresh, ct, result = predict_and_score(Predictor(fold_model(fold, f"loo-{case}"), device="cpu"), case)
@@ -309,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-overviews", action="store_true", help="skip the unlabelled series")
     p.add_argument("--series", nargs="+", default=None, help="only these unlabelled series (e.g. HCC_006_s103)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--cascade", nargs="+", default=[], metavar="RULE=VALUE",
+                   help="vary the folds' cascade rules (ablation; nothing cached is written)")
     args = p.parse_args(argv)
+    CASCADE_OVERRIDES.clear()
+    CASCADE_OVERRIDES.update(parse_overrides(args.cascade))
     if args.threads:
         torch.set_num_threads(args.threads)
     args.overviews = args.overviews or args.release_dir / "all"

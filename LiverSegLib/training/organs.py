@@ -42,10 +42,7 @@ ORGAN_NAMES: dict[int, str] = {v: k for k, v in ORGANS.items()}
 #: Organs whose CT values overlap the liver's in some phase and that sit next to it: a coarse model must learn to
 #: say "not liver" there (weighted up in the loss through :data:`HARD_NEGATIVE_LABEL`).
 HARD_NEGATIVE_ORGANS: tuple[int, ...] = tuple(ORGANS[n] for n in (
-    "spleen", "kidney", "stomach", "pancreas", "heart", "muscle", "bowel", "adrenal", "vena_cava", "aorta",
-    # at the hilum: the portal vein trunk and the gallbladder were labelled liver on ircadb1_19 (the liver is painted
-    # over both, so only their parts outside the liver become hard negatives)
-    "portal_vein", "gallbladder"))
+    "spleen", "kidney", "stomach", "pancreas", "heart", "muscle", "bowel", "adrenal", "vena_cava", "aorta"))
 
 #: A training-label value meaning "background, and a hard one": the loss treats it as class 0 with extra weight.
 HARD_NEGATIVE_LABEL = 3

@@ -52,13 +52,18 @@ def di2in_stage(weights: str = WEIGHTS, sha256: str = "0" * 64) -> StageConfig:
     )
 
 
+#: The catalogue version of ``di2in-an-liver`` (its own: han-liver 1.2.0 changed only han-liver's rules).
+DI2IN_VERSION = "1.0.0"
+
+
 def di2in_cascade():
-    """The cascade's rules without the liver blend (``coarse_liver_weight`` 0): the blend was measured for the 2.5D
-    coarse stage; this DI2IN over-segments, and blending its confident false regions with the fine stage made them
-    liver (ircadb1_19 fold: liver Dice 0.634, RVD +104 % blended)."""
+    """The rules ``di2in-an-liver`` 1.0.0 was measured with: han-liver's, without 1.2.0's liver blend and fixed fine
+    grid. The blend was chosen for the 2.5D coarse stage; this DI2IN over-segments, and blending its confident false
+    regions with the fine stage made them liver (ircadb1_19 fold, with a fine stage retrained on a 1.0 mm grid:
+    liver Dice 0.634, RVD +104 % blended; 0.810 unblended)."""
     from dataclasses import replace
 
-    return replace(cascade(), coarse_liver_weight=0.0)
+    return replace(cascade(), coarse_liver_weight=0.0, fine_inplane_mm=None)
 
 
 def di2in_recipe(steps: int, iterations: int, seed: int) -> TrainConfig:
@@ -100,7 +105,7 @@ def score_case(weights_dir: Path, case: str) -> dict:
 
 def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     """Add (or replace) the ``di2in-an-liver`` entry in ``path``: DI2IN-AN coarse + the cascade's fine stage."""
-    from LiverSegLib.training.release_weights import MODEL_VERSION, catalogue_entry, rounded_scores
+    from LiverSegLib.training.release_weights import catalogue_entry, rounded_scores
     from LiverSegLib.weights import sha256_file
 
     shas = {"coarse": sha256_file(weights_dir / "han_liver_coarse.pt"),
@@ -114,7 +119,7 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     for f in sorted(release_dir.glob("*/loo_di2in_an_*.json")):
         r = json.loads(f.read_text())
         accuracy[r["case"]] = rounded_scores(r, keys)
-    entry.update({"id": "di2in-an-liver", "version": MODEL_VERSION,
+    entry.update({"id": "di2in-an-liver", "version": DI2IN_VERSION,
                   "title": "DI2IN-AN coarse liver model + han-liver fine stage (non-commercial)",
                   "description": "Yang et al. 2017 DI2IN (3D, deep supervision) at 3 mm, trained on the same real and "
                                  "synthetic CTs as han-liver, then Yang's adversarial phase with 106 manual liver "

@@ -3,8 +3,7 @@
 Training data of a model (minus the held-out case of a fold, in every form):
 
 * the four real labelled CTs (``ircadb1_19``, ``lits117``, ``ts_example_ct``, ``ts_example_dicom``) and the dcmqi
-  3-slice CT; where a multi-organ map exists (the TotalSegmentator examples' maps, ircadb1_19's own 3D-IRCADb mask
-  archive) the organs next to the liver are
+  3-slice CT; where a multi-organ map exists (the TotalSegmentator examples) the organs next to the liver are
   marked as hard negatives (:data:`~LiverSegLib.training.organs.HARD_NEGATIVE_LABEL`), weighted up in the loss;
 * the synthetic-CT pools (:mod:`~LiverSegLib.training.synth_pool`), painted from the 3D-IRCADb mask sets and the
   TotalSegmentator example's map, with LiTS liver shapes transplanted into half of them; a fold drops the pool
@@ -31,7 +30,7 @@ import torch
 from LiverSegLib.config import CascadeConfig, ModelConfig, StageConfig
 from LiverSegLib.training import demo_weights
 from LiverSegLib.training.cases import PreparedCase, prepare_case
-from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, to_training_label
+from LiverSegLib.training.organs import to_training_label
 from LiverSegLib.training.train_config import TrainConfig, load_train_config
 from LiverSegLib.types import Volume
 
@@ -54,33 +53,27 @@ def coarse_stage(weights: str = "han_liver_coarse.pt", sha256: str = "0" * 64) -
     return demo_weights.coarse_stage(weights, sha256)
 
 
-#: The fine stage's in-plane grid (mm), for every scan: finer scans are coarsened to it, coarser ones refined.
-FINE_INPLANE_MM = 1.0
-
-
 def fine_stage(weights: str = "han_liver_fine.pt", sha256: str = "0" * 64) -> StageConfig:
-    """The fine liver/lesion stage: the demo model's network on a fixed 1.0 mm in-plane grid, native slices.
-
-    Han ran it at native resolution; our training data spans 0.7-3 mm pixels, and a 2.5D network with a fixed
-    receptive field meets the liver at one scale only if the grid is fixed (on the leave-one-out folds the 1.0 mm
-    grid raised the fine stage's own liver Dice on the 1.5 mm and 3 mm scans from 0.865 to 0.891 and 0.748 to 0.882,
-    the same weights; 0.7 mm and 1 mm scans were already at the 1.0 mm floor).
-    """
-    import dataclasses
-
-    return dataclasses.replace(demo_weights.fine_stage(weights, sha256),
-                               spacing_xyz=(FINE_INPLANE_MM, FINE_INPLANE_MM, None))
+    """The fine liver/lesion stage: the demo model's network, trained at native resolution (as Han); the cascade
+    runs it on a fixed 1.0 mm in-plane grid (:func:`cascade`)."""
+    return demo_weights.fine_stage(weights, sha256)
 
 
 def cascade() -> CascadeConfig:
     """Cascade rules: 10 mm margin; lesion components need a maximum probability of 0.8 (Han) to stay; the fine
     result is gated to 5 mm around the coarse liver (``coarse_gate_mm``; chosen on the ircadb1_19 fold, where the
-    ungated fine stage took pieces of the spleen and heart: liver Dice 0.856 ungated, 0.889 at 5 mm and 10 mm); the
-    fine stage runs on a fixed 1.0 mm in-plane grid (:func:`fine_stage`; it was a 1.0 mm floor in 1.1.0); the liver
-    probability is the mean of the two stages' (``coarse_liver_weight`` 0.5; on the leave-one-out folds, same
-    weights, the mean beat either stage alone on every case: see the model card)."""
+    ungated fine stage took pieces of the spleen and heart: liver Dice 0.856 ungated, 0.889 at 5 mm and 10 mm).
+
+    1.2.0 (same weights as 1.0.0/1.1.0): the fine stage runs on a fixed 1.0 mm in-plane grid for every scan
+    (``fine_inplane_mm``; 1.1.0 only coarsened finer scans to 1.0 mm, so the 1.5 mm and 3 mm scans met a network
+    trained mostly on 0.6-1.0 mm pixels: the fine stage alone went from 0.865 to 0.891 and from 0.748 to 0.882
+    there), and the liver probability is the mean of the two stages' (``coarse_liver_weight`` 0.5: better than the
+    fine stage alone on every fold, better than the coarse stage alone on three of four). Both chosen on the
+    leave-one-out folds themselves (see the model card).
+    """
     return CascadeConfig(margin_mm=(10.0, 10.0, 10.0), min_liver_ml=30.0, fallback_on_inplane_edge=False,
-                         coarse_threshold=0.5, lesion_threshold=0.8, coarse_gate_mm=5.0, coarse_liver_weight=0.5)
+                         coarse_threshold=0.5, lesion_threshold=0.8, coarse_gate_mm=5.0, fine_inplane_mm=1.0,
+                         coarse_liver_weight=0.5)
 
 
 def recipe(role: str, steps: int, lr: float, seed: int) -> TrainConfig:
@@ -125,23 +118,6 @@ def _ts_label(name: str, ct: Volume, liver: Volume) -> Volume:
     return liver.with_array(lab)
 
 
-def _ircad_label(name: str, ct: Volume, liver: Volume) -> Volume:
-    """A 3D-IRCADb case's label with the organs of its own mask archive (``../shared/data/ircadb_masks``) as hard
-    negatives (liver and lesions from ``liver``); ``liver`` itself where the archive is absent."""
-    from LiverSegLib.data.samples import shared_data_dir
-    from LiverSegLib.training.mask_sources import organ_map_onto, read_ircad_masks
-
-    archive = (shared_data_dir() or Path("/nonexistent")) / "ircadb_masks" / f"3Dircadb{name[6:].replace('_', '.')}"
-    if not (archive / "MASKS_DICOM.zip").is_file():
-        return liver
-    organ = organ_map_onto(read_ircad_masks(archive / "MASKS_DICOM.zip"), ct)
-    lab = to_training_label(np.asarray(organ.array_zyx), hard_negatives=True)
-    lab[lab != HARD_NEGATIVE_LABEL] = 0
-    ref = np.asarray(liver.array_zyx)
-    lab[ref > 0] = ref[ref > 0]
-    return liver.with_array(lab)
-
-
 def real_cases(stage: StageConfig, leave_out: str | None, weight: float = 3.0) -> list[PreparedCase]:
     """The real labelled CTs minus ``leave_out``, on the stage's grid."""
     from LiverSegLib.data.samples import load_case
@@ -157,8 +133,6 @@ def real_cases(stage: StageConfig, leave_out: str | None, weight: float = 3.0) -
             continue
         if name.startswith("ts_example"):
             label = _ts_label(name, ct, label)
-        elif name.startswith("ircadb"):
-            label = _ircad_label(name, ct, label)
         w = weight * (0.3 if name == "dcmqi_3slice" else 1.0)
         cases.append(prepare_case(name, ct, label, stage, w))
     return cases
