@@ -255,4 +255,3 @@ def test_totalsegmentator_bad_inputs(tmp_path: Path, ts_ct: tuple[Volume, Volume
         ms.read_totalsegmentator_map(path, ts_ct[0])
     with pytest.raises(InputError, match=r"^input not found: "):
         ms.read_totalsegmentator_map(tmp_path / "missing.nii.gz")
-

@@ -9,9 +9,9 @@ native resolution) and is scored with the LiTS metrics. The issue's rule: a floo
 liver or lesion Dice drops by more than 0.005 against native. Writes ``<out>.md`` and ``<out>.json``. A harness,
 not a test; the fine-stage time is one run on a shared machine (see the machine line).
 
-It measures folds whose fine stage runs at native resolution (han-liver 1.0/1.1, ``release_weights`` before 1.2.0):
-from 1.2.0 the fine stage trains and runs on a fixed 1.0 mm in-plane grid (its ``spacing_xyz``), where a floor
-changes nothing, so the script refuses such folds.
+It measures 1.1.0's floor rule: han-liver 1.2.0's fixed 1.0 mm grid (``cascade.fine_inplane_mm``) is switched off
+for each floor, and ``benchmarks/accuracy.py --cascade`` compares the two rules. Folds whose fine stage fixes its own
+in-plane grid (``spacing_xyz``), where a floor changes nothing, are refused.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def run(release_dir: Path, case: str, floor: float | None) -> dict:
     if any(s is not None for s in model.fine.spacing_xyz[:2]):
         raise SystemExit(f"{release_dir / case}: the fine stage runs on a fixed {model.fine.spacing_xyz} grid; a "
                          "floor changes nothing there (see the docstring)")
-    model = replace(model, cascade=replace(model.cascade, fine_inplane_floor_mm=floor))
+    model = replace(model, cascade=replace(model.cascade, fine_inplane_mm=None, fine_inplane_floor_mm=floor))
     ct, label = load_case(case)
     predictor = Predictor(model, device="cpu")
     t0 = time.perf_counter()
