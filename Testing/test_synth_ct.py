@@ -66,6 +66,12 @@ def test_thorax_extends_the_map_with_lungs_and_a_heart_on_the_diaphragm():
     # the heart: left of the liver's centre and anterior of the spine, sharing the dome's upper axial slices
     assert heart[:, 0].min() <= dome < heart[:, 0].max()
     assert heart[:, 2].mean() > liver[:, 2].mean() and heart[:, 1].mean() < 95
+    # a diaphragm (at least 3 mm of muscle) always lies between the heart and the liver: never touching
+    from scipy import ndimage
+
+    near_liver = ndimage.distance_transform_edt(~np.isin(done, (ORG["liver"], ORG["lesion"])),
+                                                sampling=SPACING[::-1]) < 3.0
+    assert not (near_liver & (done == ORG["heart"])).any()
     # lungs lie above the liver in every column they share with it, and both sides of the midline
     top = np.where((m == ORG["liver"]).any(axis=0), m.shape[0] - 1 - np.argmax((m == ORG["liver"])[::-1], axis=0), -1)
     assert (lung[:, 0] > top[lung[:, 1], lung[:, 2]]).all()
@@ -148,3 +154,36 @@ def test_hard_negative_weight_in_loss():
     assert torch.allclose(weighted(logits, target), (w * ce).sum() / w.sum())
     with pytest.raises(ValueError, match="hard_negative_weight"):
         WeightedCrossEntropy((0.4, 1.0), 2, hard_negative_weight=0.0)
+
+
+def _heart_map() -> np.ndarray:
+    m = _toy_map()
+    z, y, x = np.mgrid[:40, :120, :150]
+    m[((((z - 30) / 8.0) ** 2 + ((y - 40) / 20.0) ** 2 + ((x - 100) / 22.0) ** 2) <= 1) & (m == ORG["body"])] = \
+        ORG["heart"]
+    return m
+
+
+@pytest.mark.parametrize("phase", ["arterial", "portal"])
+def test_detailed_heart_has_a_wall_around_blood_or_is_liver_grey(phase):
+    m = _heart_map()
+    heart = m == ORG["heart"]
+    cfg = SynthCTConfig(heart_detail=True, heart_iso_probability=0.0, texture_std_hu=(0.0, 0.0),
+                        bias_hu=(0.0, 0.0), organ_jitter_hu=0.0, enhancement_gain=(1.0, 1.0))
+    hu, _ = paint_ct(m, SPACING, np.random.default_rng(1), cfg, phase=phase)
+    from scipy import ndimage
+
+    depth = ndimage.distance_transform_edt(heart, sampling=SPACING[::-1])
+    rim, core = hu[heart & (depth <= 2.5)], hu[heart & (depth > 12.0)]
+    # the myocardium enhances about like the liver; the blood pools (most of the core) are brighter
+    liver = np.median(hu[m == ORG["liver"]])
+    assert abs(np.median(rim) - liver) < 60 and abs(np.median(rim) - liver) < abs(np.median(core) - liver)
+    assert np.median(core) > np.median(rim) + 20
+    # plain painting (the shipped recipe) keeps one value for the whole heart
+    flat, _ = paint_ct(m, SPACING, np.random.default_rng(1), SynthCTConfig(texture_std_hu=(0.0, 0.0),
+                                                                           bias_hu=(0.0, 0.0)), phase=phase)
+    assert np.ptp(flat[heart]) == 0
+    # the hard case: the whole heart as grey as the liver
+    iso, _ = paint_ct(m, SPACING, np.random.default_rng(1), SynthCTConfig(
+        heart_detail=True, heart_iso_probability=1.0, texture_std_hu=(0.0, 0.0), bias_hu=(0.0, 0.0)), phase=phase)
+    assert np.ptp(iso[heart]) == 0 and abs(float(iso[heart][0]) - float(np.median(iso[m == ORG["liver"]]))) < 45

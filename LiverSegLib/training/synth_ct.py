@@ -77,6 +77,9 @@ class SynthCTConfig:
         thorax_reach_mm: extend the map this far above the liver dome and fill the chest with lungs, heart and
             mediastinum (:mod:`~LiverSegLib.training.synth_thorax`), e.g. ``(50, 110)``; ``None`` (default, the
             recipe of the shipped han-liver weights): leave the map's top as it is.
+        heart_detail: paint the heart as myocardium (wall and septum) around blood pools instead of one value.
+        heart_iso_probability: with ``heart_detail``, the chance that blood and wall both take the liver's value
+            (a late-phase heart can be as grey as the liver: the hard case of HCC-TACE-Seg HCC_006).
         lesion_types: probabilities of hypodense, hyperdense and cystic painting of the map's tumours.
         extra_lesions: synthetic lesions added on top (``None``: none); ``extra_lesion_probability`` of the time.
     """
@@ -100,6 +103,8 @@ class SynthCTConfig:
     add_missing_organs: bool = True
     body_layers: bool = True
     thorax_reach_mm: tuple[float, float] | None = None
+    heart_detail: bool = False
+    heart_iso_probability: float = 0.35
     lesion_types: tuple[float, float, float] = (0.65, 0.2, 0.15)
     extra_lesions: LesionSynthesisConfig | None = LesionSynthesisConfig(n_lesions=(1, 5), radius_mm=(3.0, 20.0))
     extra_lesion_probability: float = 0.5
@@ -126,6 +131,32 @@ def _paint_bone(out: np.ndarray, bone: np.ndarray, sp: np.ndarray, rng: np.rando
     cortex = rng.uniform(700.0, 1200.0)
     marrow = rng.uniform(150.0, 350.0)
     out[bone] = np.where(depth[bone] <= rng.uniform(1.0, 2.5), cortex, marrow)
+
+
+# myocardium per phase: it enhances about like the liver, while the blood pools follow PHASE_HU's "heart"
+_MYOCARDIUM_HU = {"unenhanced": 45.0, "arterial": 110.0, "portal": 105.0, "delayed": 90.0}
+
+
+def _paint_heart(out: np.ndarray, heart: np.ndarray, phase: str, blood_hu: float, liver_hu: float, sp: np.ndarray,
+                 rng: np.random.Generator, iso_probability: float) -> None:
+    """The heart as a myocardial wall and septum around two blood pools; sometimes all as grey as the liver."""
+    if not heart.any():
+        return
+    depth = ndimage.distance_transform_edt(heart, sampling=sp)
+    idx = np.argwhere(heart)
+    pts = (idx - idx.mean(axis=0)) * sp
+    # the septum runs from front-left to back-right, about 30-60 degrees off the sagittal plane
+    angle = np.deg2rad(rng.uniform(30.0, 60.0))
+    normal = np.array([rng.uniform(-0.2, 0.2), -np.sin(angle), np.cos(angle)])
+    side = pts @ (normal / np.linalg.norm(normal))
+    wall = (depth[heart] <= rng.uniform(4.0, 11.0)) | (np.abs(side) <= rng.uniform(3.0, 6.0))
+    if rng.random() < iso_probability:
+        myo = blood_l = blood_r = liver_hu + rng.normal(0.0, 10.0)
+    else:
+        myo = _MYOCARDIUM_HU[phase] + rng.normal(0.0, 12.0)
+        blood_l = blood_hu
+        blood_r = blood_hu + (rng.uniform(-60.0, 40.0) if phase == "arterial" else rng.normal(0.0, 10.0))
+    out[heart] = np.where(wall, myo, np.where(side > 0, blood_l, blood_r)).astype(out.dtype)
 
 
 def _paint_hollow(out: np.ndarray, organ: np.ndarray, wall_hu: float, sp: np.ndarray, rng: np.random.Generator,
@@ -166,6 +197,9 @@ def paint_ct(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float], rng
     out[vessels] = values[_O["portal_vein"]] + rng.normal(0, 10)
     out[organ_map == _O["lung"]] = rng.uniform(-900.0, -780.0) + 30.0 * texture[organ_map == _O["lung"]]
     _paint_bone(out, organ_map == _O["bone"], sp, rng)
+    if cfg.heart_detail:
+        _paint_heart(out, organ_map == _O["heart"], phase, values[_O["heart"]], values[_O["liver"]], sp, rng,
+                     cfg.heart_iso_probability)
     _paint_hollow(out, organ_map == _O["stomach"], values[_O["stomach"]], sp, rng, rng.uniform(0.0, 0.5))
     _paint_hollow(out, organ_map == _O["bowel"], values[_O["bowel"]], sp, rng, rng.uniform(0.0, 0.15))
     lesion = organ_map == _O["lesion"]

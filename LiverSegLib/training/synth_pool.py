@@ -83,16 +83,21 @@ def donor_masks(shared: Path | None, limit: int | None = None) -> list[tuple[np.
 
 def build_pool(out_dir: Path, sources: dict[str, Callable[[], Volume]], per_source: int, grid: str,
                donors: list[tuple[np.ndarray, tuple]] | None = None, seed: int = 0, log=print,
-               thorax_reach_mm: tuple[float, float] | None = None) -> list[Path]:
+               thorax_reach_mm: tuple[float, float] | None = None, shards: tuple[int, int] = (0, 1)) -> list[Path]:
     """Paint ``per_source`` synthetic CTs from every label map in ``sources`` into ``out_dir`` (resumable).
 
-    ``thorax_reach_mm`` extends every map into the chest (lungs, heart) first (``SynthCTConfig.thorax_reach_mm``).
+    ``thorax_reach_mm`` extends every map into the chest (lungs, heart) first (``SynthCTConfig.thorax_reach_mm``)
+    and paints the heart's wall and blood pools (``heart_detail``). ``shards=(i, n)`` paints only every n-th map
+    from the i-th (run n processes to paint in parallel; an entry does not depend on the others).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cfg = replace(SynthCTConfig(), **GRIDS[grid], thorax_reach_mm=thorax_reach_mm)
+    cfg = replace(SynthCTConfig(), **GRIDS[grid], thorax_reach_mm=thorax_reach_mm,
+                  heart_detail=thorax_reach_mm is not None)
     written = []
     for s_index, (name, load) in enumerate(sorted(sources.items())):
+        if s_index % shards[1] != shards[0]:
+            continue
         targets = [out_dir / f"{name}-{k}.npz" for k in range(per_source)]
         if all(t.is_file() for t in targets):
             written += targets
@@ -151,15 +156,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-ts", action="store_true", help="leave out the TotalSegmentator example's map")
     p.add_argument("--thorax", action="store_true",
                    help="extend the maps 50-110 mm above the liver dome with lungs, a heart and mediastinum (the "
-                        "1.1.0 experiment; the shipped weights were trained without)")
+                        "1.1.0 experiment; the shipped weights were trained without), with a detailed heart")
+    p.add_argument("--shard", default="0/1", help="i/n: paint only maps i, i+n, ... (parallel painting)")
     args = p.parse_args(argv)
+    shard = tuple(int(v) for v in args.shard.split("/"))
     shared = shared_data_dir()
     sources = map_sources(shared, include_ts=not args.no_ts)
     donors = donor_masks(shared)
     print(f"{len(sources)} label maps, {len(donors)} donor livers", flush=True)
     t0 = time.perf_counter()
     paths = build_pool(args.out, sources, args.per_source, args.grid, donors, args.seed,
-                       log=lambda s: print(s, flush=True), thorax_reach_mm=(50.0, 110.0) if args.thorax else None)
+                       log=lambda s: print(s, flush=True), thorax_reach_mm=(50.0, 110.0) if args.thorax else None,
+                       shards=shard)
     print(f"{len(paths)} entries in {args.out} ({time.perf_counter() - t0:.0f} s)")
     return 0
 

@@ -45,6 +45,13 @@ def _pad_up(organ_map: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([organ_map, np.repeat(slab[None], n, axis=0)])
 
 
+def _ball(sp: np.ndarray, radius_mm: float) -> np.ndarray:
+    """A boolean ball of ``radius_mm`` on an anisotropic grid (a structuring element)."""
+    r = np.maximum(1, np.floor(radius_mm / sp)).astype(int)
+    g = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
+    return sum((a * s / radius_mm) ** 2 for a, s in zip(g, sp, strict=True)) <= 1.0
+
+
 def diaphragm_height(organ_map: np.ndarray, sp: np.ndarray, default_z: float, spread_mm: float = 40.0,
                      smooth_mm: float = 12.0) -> np.ndarray:
     """A smooth ``(y, x)`` map of the diaphragm's height (slice index) over the abdominal organs.
@@ -92,11 +99,14 @@ def add_thorax(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float], r
     sy, sx = spine_centre(out)
     width = (xs.max() - xs.min() + 1) * sp[2]
     if not (out == _B["heart"]).any():
-        radii = np.array([rng.uniform(40, 55), rng.uniform(40, 55), rng.uniform(50, 65)])
-        base = z_hi - rng.uniform(5.0, 25.0) / sp[0]  # the heart's base shares the dome's upper slices
-        c = np.array([base + 0.9 * radii[0] / sp[0], sy - rng.uniform(70, 100) / sp[1],
-                      sx + (0.06 * width + rng.uniform(-10, 10)) / sp[2]])
-        out[_blob(out.shape, sp, c, radii, rng, 0.15) & free] = _B["heart"]
+        # an adult heart (about 12-15 cm across) resting on the diaphragm over the left lobe: its lower part shares
+        # the dome's slices, separated from the liver only by the diaphragm muscle (no fat plane), as in real scans
+        radii = np.array([rng.uniform(40, 55), rng.uniform(42, 58), rng.uniform(55, 72)])
+        base = z_hi - rng.uniform(10.0, 35.0) / sp[0]
+        c = np.array([base + 0.8 * radii[0] / sp[0], sy - rng.uniform(70, 100) / sp[1],
+                      sx + (0.06 * width + rng.uniform(-5, 20)) / sp[2]])
+        diaphragm = ndimage.binary_dilation(np.isin(out, (_B["liver"], _B["lesion"])), _ball(sp, rng.uniform(3.0, 6.0)))
+        out[_blob(out.shape, sp, c, radii, rng, 0.15) & free & ~diaphragm] = _B["heart"]
         free = out == _B["body"]
     # the left hemidiaphragm, where no organ is labelled, sits a little below the right dome
     h = diaphragm_height(out, sp, default_z=z_hi - rng.uniform(10.0, 30.0) / sp[0])
