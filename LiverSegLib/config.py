@@ -206,6 +206,14 @@ class CascadeConfig:
             ``0`` (default): Han's cascade, the fine stage alone. The two stages see the liver at different scales
             and err in different places: on han-liver's leave-one-out folds their mean (0.5) beat the fine stage
             alone on every case and the coarse stage alone on three of four (its model card).
+        coarse_neck_mm: when set, the coarse liver (largest component) is eroded by a ball of this radius (mm); if
+            that splits it, every part whose eroded core holds at least ``coarse_neck_min_ml`` and is not the
+            largest core is cut off (each coarse-liver voxel goes with its nearest core). So a structure joined to
+            the liver only through a neck thinner than about twice the radius leaves the box and the gate. The
+            usual one is the heart: it rests on the diaphragm over the liver dome with the same grey in late
+            phases, and a 2.5D coarse stage at 2 mm joins the two through the thin diaphragm. ``None`` (default):
+            the largest component is kept whole, as Han.
+        coarse_neck_min_ml: see ``coarse_neck_mm``; smaller cores (a thin lobe tip, a notch) stay with the liver.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -220,8 +228,14 @@ class CascadeConfig:
     fine_inplane_floor_mm: float | None = None
     coarse_liver_weight: float = 0.0
     fine_inplane_mm: float | None = None
+    coarse_neck_mm: float | None = None
+    coarse_neck_min_ml: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.coarse_neck_mm is not None and not self.coarse_neck_mm > 0.0:
+            raise ModelError(f"coarse_neck_mm must be > 0 mm or null, got {self.coarse_neck_mm}")
+        if not self.coarse_neck_min_ml >= 0.0:
+            raise ModelError(f"coarse_neck_min_ml must be >= 0 mL, got {self.coarse_neck_min_ml}")
         if self.fine_inplane_mm is not None and not self.fine_inplane_mm > 0.0:
             raise ModelError(f"fine_inplane_mm must be > 0 mm or null, got {self.fine_inplane_mm}")
         if self.fine_inplane_mm is not None and self.fine_inplane_floor_mm is not None:
@@ -254,6 +268,8 @@ class CascadeConfig:
                                    else float(d["fine_inplane_floor_mm"])),
             coarse_liver_weight=float(d.get("coarse_liver_weight", 0.0)),
             fine_inplane_mm=None if d.get("fine_inplane_mm") is None else float(d["fine_inplane_mm"]),
+            coarse_neck_mm=None if d.get("coarse_neck_mm") is None else float(d["coarse_neck_mm"]),
+            coarse_neck_min_ml=float(d.get("coarse_neck_min_ml", 10.0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,7 +281,9 @@ class CascadeConfig:
                 "max_lesion_burden_percent": self.max_lesion_burden_percent, "coarse_gate_mm": self.coarse_gate_mm,
                 **({"fine_inplane_floor_mm": self.fine_inplane_floor_mm} if self.fine_inplane_floor_mm else {}),
                 **({"fine_inplane_mm": self.fine_inplane_mm} if self.fine_inplane_mm else {}),
-                **({"coarse_liver_weight": self.coarse_liver_weight} if self.coarse_liver_weight else {})}
+                **({"coarse_liver_weight": self.coarse_liver_weight} if self.coarse_liver_weight else {}),
+                **({"coarse_neck_mm": self.coarse_neck_mm, "coarse_neck_min_ml": self.coarse_neck_min_ml}
+                   if self.coarse_neck_mm else {})}
 
 
 @dataclass(frozen=True)

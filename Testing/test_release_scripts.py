@@ -28,9 +28,11 @@ def test_recipes_build_with_the_stated_choices():
     assert fine.stage.spacing_xyz == (None, None, None) and coarse.stage.spacing_xyz == (2.0, 2.0, 2.5)
     rules = release_weights.cascade()
     assert rules.coarse_liver_weight == 0.5 and rules.fine_inplane_mm == 1.0 and rules.fine_inplane_floor_mm is None
-    # DI2IN-AN keeps the rules it was measured with (1.0.0: no blend, no fixed grid)
+    assert rules.coarse_neck_mm == 8.0 and rules.coarse_neck_min_ml == 10.0  # 1.3.0: the heart beyond a thin neck
+    # DI2IN-AN keeps the rules it was measured with (1.0.0: no blend, no fixed grid, no neck cut)
     di2in = release_di2in.di2in_cascade()
     assert di2in.coarse_liver_weight == 0.0 and di2in.fine_inplane_mm is None and di2in.coarse_gate_mm == 5.0
+    assert di2in.coarse_neck_mm is None
 
 
 def test_catalogue_entry_validates_and_loads(tmp_path):

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from LiverSegLib.config import CascadeConfig
-from LiverSegLib.pipeline.postprocess import largest_component
+from LiverSegLib.pipeline.postprocess import cut_necks, largest_component
 
-__all__ = ["Box", "coarse_gate", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
+__all__ = ["Box", "coarse_gate", "coarse_liver", "coarse_liver_box", "coarse_voxel_ml", "liver_box"]
 
 _AXIS_NAMES = ("z", "y", "x")
 
@@ -43,20 +43,31 @@ def coarse_voxel_ml(native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple
     return float(np.prod(native_extent_mm / np.asarray(coarse_shape_zyx, float))) / 1000.0
 
 
+def coarse_liver(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
+                 cascade: CascadeConfig) -> np.ndarray:
+    """The coarse liver on the coarse grid: the largest 3D component of the thresholded probability (Han 2017,
+    section 3.1), with the parts beyond a thin neck cut off when ``cascade.coarse_neck_mm`` is set."""
+    liver = largest_component(coarse_fg >= cascade.coarse_threshold)
+    if cascade.coarse_neck_mm is None:
+        return liver
+    scale = np.asarray(native_shape_zyx, float) / np.asarray(coarse_fg.shape, float)
+    spacing_zyx = tuple(np.asarray(native_spacing_xyz[::-1], float) * scale)
+    return cut_necks(liver, spacing_zyx, cascade.coarse_neck_mm, cascade.coarse_neck_min_ml)
+
+
 def coarse_liver_box(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
                      cascade: CascadeConfig) -> tuple[Box, float]:
     """The predictor's step from coarse probabilities to the fine stage's box, callable on its own.
 
     Thresholds the coarse foreground probability at ``cascade.coarse_threshold``, keeps the largest 3D component
-    (Han 2017, section 3.1) and boxes it with :func:`liver_box`.
+    (Han 2017, section 3.1; see :func:`coarse_liver`) and boxes it with :func:`liver_box`.
 
     Returns:
         The box and the volume of the coarse liver (largest component) in mL.
     """
-    coarse_liver = largest_component(coarse_fg >= cascade.coarse_threshold)
-    volume_ml = float(np.count_nonzero(coarse_liver)) * coarse_voxel_ml(native_shape_zyx, native_spacing_xyz,
-                                                                         coarse_liver.shape)
-    return liver_box(coarse_liver, native_shape_zyx, native_spacing_xyz, cascade), volume_ml
+    liver = coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade)
+    volume_ml = float(np.count_nonzero(liver)) * coarse_voxel_ml(native_shape_zyx, native_spacing_xyz, liver.shape)
+    return liver_box(liver, native_shape_zyx, native_spacing_xyz, cascade), volume_ml
 
 
 def liver_box(coarse_liver: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
@@ -110,7 +121,7 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
                 native_spacing_xyz: tuple[float, ...]) -> np.ndarray:
     """Native voxels of ``box`` within ``cascade.coarse_gate_mm`` of the coarse liver (see :class:`CascadeConfig`).
 
-    The coarse liver is the largest component of the thresholded coarse probability with its holes filled (a
+    The coarse liver (:func:`coarse_liver`) with its holes filled (a
     hypodense tumour the coarse stage left out stays inside the gate), dilated by the gate distance on the coarse
     grid (Euclidean distance in mm), then sampled onto the box's native voxels.
     """
@@ -119,7 +130,7 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
     from LiverSegLib.pipeline.grids import sample_to_native
 
     assert cascade.coarse_gate_mm is not None
-    liver = ndimage.binary_fill_holes(largest_component(coarse_fg >= cascade.coarse_threshold))
+    liver = ndimage.binary_fill_holes(coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade))
     scale = np.asarray(native_shape_zyx, float) / np.asarray(coarse_fg.shape, float)
     coarse_spacing_zyx = np.asarray(native_spacing_xyz[::-1], float) * scale
     if not liver.any():

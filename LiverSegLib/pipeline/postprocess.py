@@ -17,7 +17,8 @@ from scipy.spatial.distance import pdist
 
 from LiverSegLib.types import LesionRecord
 
-__all__ = ["largest_component", "LesionPruning", "prune_lesions", "lesion_table", "max_diameter_mm"]
+__all__ = ["ball", "cut_necks", "largest_component", "LesionPruning", "prune_lesions", "lesion_table",
+           "max_diameter_mm"]
 
 CONNECTIVITY = 26  # 3D connected components, full neighbourhood (Han: "3D connected component labeling")
 
@@ -28,6 +29,47 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
         return np.zeros(mask.shape, dtype=bool)
     return cc3d.largest_k(np.ascontiguousarray(mask, dtype=np.uint8), k=1, connectivity=CONNECTIVITY,
                           binary_image=True) > 0
+
+
+def ball(spacing_zyx: np.ndarray | tuple[float, ...], radius_mm: float) -> np.ndarray:
+    """A boolean ball of ``radius_mm`` on a grid of ``spacing_zyx`` (a structuring element; at least 3 voxels wide
+    along every axis)."""
+    sp = np.asarray(spacing_zyx, float)
+    n = np.maximum(1, np.floor(radius_mm / sp)).astype(int)
+    grid = np.ogrid[tuple(slice(-k, k + 1) for k in n)]
+    return sum((g * s / radius_mm) ** 2 for g, s in zip(grid, sp, strict=True)) <= 1.0
+
+
+def cut_necks(mask: np.ndarray, spacing_zyx: tuple[float, ...], radius_mm: float, min_core_ml: float) -> np.ndarray:
+    """``mask`` without the parts joined to its main body only through necks thinner than about ``2 * radius_mm``.
+
+    The mask is eroded by a ball of ``radius_mm``; if that leaves more than one core, every voxel of the mask goes
+    with its nearest core (Euclidean, in mm), and the voxels of cores other than the largest are dropped when the
+    core holds at least ``min_core_ml``. Smaller cores (a lobe tip, a bump) stay. The result is the largest
+    connected component of what remains; the input is returned unchanged when nothing is cut.
+    """
+    if not mask.any():
+        return mask
+    sp = np.asarray(spacing_zyx, float)
+    where = np.argwhere(mask)
+    lo, hi = np.maximum(where.min(axis=0) - 1, 0), np.minimum(where.max(axis=0) + 2, mask.shape)
+    region = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    sub = mask[region]
+    cores = cc3d.connected_components(ndimage.binary_erosion(sub, ball(sp, radius_mm)).astype(np.uint8),
+                                      connectivity=6)
+    sizes_ml = np.bincount(cores.ravel()).astype(float) * float(np.prod(sp)) / 1000.0
+    sizes_ml[0] = 0.0
+    if len(sizes_ml) < 3:  # one core or none: nothing to cut
+        return mask
+    main = int(np.argmax(sizes_ml))
+    cut_ids = [k for k in np.flatnonzero(sizes_ml >= min_core_ml) if k != main]
+    if not cut_ids:
+        return mask
+    _, nearest_idx = ndimage.distance_transform_edt(cores == 0, sampling=sp, return_indices=True)
+    nearest = cores[tuple(nearest_idx)]
+    out = mask.copy()
+    out[region] = sub & ~np.isin(nearest, cut_ids)
+    return largest_component(out)
 
 
 @dataclass

@@ -52,18 +52,19 @@ def di2in_stage(weights: str = WEIGHTS, sha256: str = "0" * 64) -> StageConfig:
     )
 
 
-#: The catalogue version of ``di2in-an-liver`` (its own: han-liver 1.2.0 changed only han-liver's rules).
+#: The catalogue version of ``di2in-an-liver`` (its own: han-liver 1.2.0 and 1.3.0 changed only han-liver's rules).
 DI2IN_VERSION = "1.0.0"
 
 
 def di2in_cascade():
     """The rules ``di2in-an-liver`` 1.0.0 was measured with: han-liver's, without 1.2.0's liver blend and fixed fine
-    grid. The blend was chosen for the 2.5D coarse stage; this DI2IN over-segments, and blending its confident false
-    regions with the fine stage made them liver (ircadb1_19 fold, with a fine stage retrained on a 1.0 mm grid:
-    liver Dice 0.634, RVD +104 % blended; 0.810 unblended)."""
+    grid and 1.3.0's neck cut (not measured with this coarse stage). The blend was chosen for the 2.5D coarse
+    stage; this DI2IN over-segments, and blending its confident false regions with the fine stage made them liver
+    (ircadb1_19 fold, with a fine stage retrained on a 1.0 mm grid: liver Dice 0.634, RVD +104 % blended; 0.810
+    unblended)."""
     from dataclasses import replace
 
-    return replace(cascade(), coarse_liver_weight=0.0, fine_inplane_mm=None)
+    return replace(cascade(), coarse_liver_weight=0.0, fine_inplane_mm=None, coarse_neck_mm=None)
 
 
 def di2in_recipe(steps: int, iterations: int, seed: int) -> TrainConfig:

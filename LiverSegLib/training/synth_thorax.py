@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from LiverSegLib.pipeline.postprocess import ball
 from LiverSegLib.training.organs import ORGANS
 from LiverSegLib.training.synth_anatomy import _blob, spine_centre
 
@@ -43,13 +44,6 @@ def _pad_up(organ_map: np.ndarray, n: int) -> np.ndarray:
     keep = np.isin(top, _CONTINUES_UP)
     slab[keep] = top[keep]
     return np.concatenate([organ_map, np.repeat(slab[None], n, axis=0)])
-
-
-def _ball(sp: np.ndarray, radius_mm: float) -> np.ndarray:
-    """A boolean ball of ``radius_mm`` on an anisotropic grid (a structuring element)."""
-    r = np.maximum(1, np.floor(radius_mm / sp)).astype(int)
-    g = np.ogrid[tuple(slice(-n, n + 1) for n in r)]
-    return sum((a * s / radius_mm) ** 2 for a, s in zip(g, sp, strict=True)) <= 1.0
 
 
 def diaphragm_height(organ_map: np.ndarray, sp: np.ndarray, default_z: float, spread_mm: float = 40.0,
@@ -105,7 +99,7 @@ def add_thorax(organ_map: np.ndarray, spacing_xyz: tuple[float, float, float], r
         base = z_hi - rng.uniform(10.0, 35.0) / sp[0]
         c = np.array([base + 0.8 * radii[0] / sp[0], sy - rng.uniform(70, 100) / sp[1],
                       sx + (0.06 * width + rng.uniform(-5, 20)) / sp[2]])
-        diaphragm = ndimage.binary_dilation(np.isin(out, (_B["liver"], _B["lesion"])), _ball(sp, rng.uniform(3.0, 6.0)))
+        diaphragm = ndimage.binary_dilation(np.isin(out, (_B["liver"], _B["lesion"])), ball(sp, rng.uniform(3.0, 6.0)))
         out[_blob(out.shape, sp, c, radii, rng, 0.15) & free & ~diaphragm] = _B["heart"]
         free = out == _B["body"]
     # the left hemidiaphragm, where no organ is labelled, sits a little below the right dome
