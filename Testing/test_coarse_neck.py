@@ -73,6 +73,10 @@ def test_coarse_liver_box_and_gate_leave_the_heart_out_only_with_the_rule():
     far = heart & (ndimage.distance_transform_edt(~(liver | neck), sampling=SPACING_ZYX) > 6.0)
     assert far.sum() > 0.8 * heart.sum() and not (gate & far).any()
     assert (coarse_gate(fg, native_shape, whole, han, native_xyz) & far).sum() == far.sum()
+    # the predictor computes the coarse liver once and hands it to both: the same box and gate
+    liver_cut = coarse_liver(fg, native_shape, native_xyz, cut)
+    assert coarse_liver_box(fg, native_shape, native_xyz, cut, liver_cut) == (box_cut, ml_cut)
+    assert np.array_equal(coarse_gate(fg, native_shape, whole, cut, native_xyz, liver_cut), gate)
 
 
 def test_neck_config_round_trip_and_errors():

@@ -56,16 +56,21 @@ def coarse_liver(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], nativ
 
 
 def coarse_liver_box(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], native_spacing_xyz: tuple[float, ...],
-                     cascade: CascadeConfig) -> tuple[Box, float]:
+                     cascade: CascadeConfig, liver: np.ndarray | None = None) -> tuple[Box, float]:
     """The predictor's step from coarse probabilities to the fine stage's box, callable on its own.
 
     Thresholds the coarse foreground probability at ``cascade.coarse_threshold``, keeps the largest 3D component
     (Han 2017, section 3.1; see :func:`coarse_liver`) and boxes it with :func:`liver_box`.
 
+    Args:
+        liver: :func:`coarse_liver` of ``coarse_fg`` when the caller has it already (the predictor also needs it for
+            :func:`coarse_gate`); computed here otherwise.
+
     Returns:
         The box and the volume of the coarse liver (largest component) in mL.
     """
-    liver = coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade)
+    if liver is None:
+        liver = coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade)
     volume_ml = float(np.count_nonzero(liver)) * coarse_voxel_ml(native_shape_zyx, native_spacing_xyz, liver.shape)
     return liver_box(liver, native_shape_zyx, native_spacing_xyz, cascade), volume_ml
 
@@ -118,7 +123,7 @@ def liver_box(coarse_liver: np.ndarray, native_shape_zyx: tuple[int, ...], nativ
 
 
 def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: Box, cascade: CascadeConfig,
-                native_spacing_xyz: tuple[float, ...]) -> np.ndarray:
+                native_spacing_xyz: tuple[float, ...], liver: np.ndarray | None = None) -> np.ndarray:
     """Native voxels of ``box`` within ``cascade.coarse_gate_mm`` of the coarse liver (see :class:`CascadeConfig`).
 
     The coarse liver (:func:`coarse_liver`) with its holes filled (a
@@ -130,7 +135,9 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
     from LiverSegLib.pipeline.grids import sample_to_native
 
     assert cascade.coarse_gate_mm is not None
-    liver = ndimage.binary_fill_holes(coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade))
+    if liver is None:  # the caller's coarse_liver() saves doing it again
+        liver = coarse_liver(coarse_fg, native_shape_zyx, native_spacing_xyz, cascade)
+    liver = ndimage.binary_fill_holes(liver)
     scale = np.asarray(native_shape_zyx, float) / np.asarray(coarse_fg.shape, float)
     coarse_spacing_zyx = np.asarray(native_spacing_xyz[::-1], float) * scale
     if not liver.any():

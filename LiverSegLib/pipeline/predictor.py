@@ -20,7 +20,7 @@ import torch
 
 from LiverSegLib.config import PRECISIONS, RUNTIMES, CascadeConfig, ModelConfig, StageConfig
 from LiverSegLib.errors import InputError
-from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver_box
+from LiverSegLib.pipeline.box import Box, coarse_gate, coarse_liver, coarse_liver_box
 from LiverSegLib.pipeline.checks import check_segmentable, ct_intensity_warning
 from LiverSegLib.pipeline.geometry import labelmap_to_original, needs_resampling, to_axial_grid, to_canonical
 from LiverSegLib.pipeline.grids import sample_to_native, stage_shape
@@ -164,7 +164,9 @@ class Predictor:
 
         t0 = time.perf_counter()
         native_shape = canonical.array_zyx.shape
-        box, coarse_liver_ml = coarse_liver_box(coarse_fg, native_shape, canonical.spacing_xyz, self.model.cascade)
+        liver_c = coarse_liver(coarse_fg, native_shape, canonical.spacing_xyz, self.model.cascade)  # box and gate
+        box, coarse_liver_ml = coarse_liver_box(coarse_fg, native_shape, canonical.spacing_xyz, self.model.cascade,
+                                                liver_c)
         if box.fallback:
             warnings.append(f"fine stage ran on the whole volume: {box.fallback}")
         timings["box"] = time.perf_counter() - t0
@@ -178,7 +180,7 @@ class Predictor:
         if self.fine is not None and self.model.cascade.coarse_liver_weight > 0.0:
             fg = self._blend_coarse(fg, coarse_fg, native_shape, coarse_shape, box)
         if self.fine is not None and self.model.cascade.coarse_gate_mm is not None:
-            gate = coarse_gate(coarse_fg, native_shape, box, self.model.cascade, canonical.spacing_xyz)
+            gate = coarse_gate(coarse_fg, native_shape, box, self.model.cascade, canonical.spacing_xyz, liver_c)
             fg = np.where(gate, fg, np.float16(0))
             lesion = np.where(gate, lesion, np.float16(0)) if lesion is not None else None
         timings["fine"] = time.perf_counter() - t0
