@@ -126,9 +126,9 @@ def coarse_gate(coarse_fg: np.ndarray, native_shape_zyx: tuple[int, ...], box: B
                 native_spacing_xyz: tuple[float, ...], liver: np.ndarray | None = None) -> np.ndarray:
     """Native voxels of ``box`` within ``cascade.coarse_gate_mm`` of the coarse liver (see :class:`CascadeConfig`).
 
-    The coarse liver (:func:`coarse_liver`) with its holes filled (a
-    hypodense tumour the coarse stage left out stays inside the gate), dilated by the gate distance on the coarse
-    grid (Euclidean distance in mm), then sampled onto the box's native voxels.
+    The coarse liver (:func:`coarse_liver`, or ``liver`` when the caller has it) with its holes filled (a hypodense
+    tumour the coarse stage left out stays inside the gate), dilated by the gate distance on the coarse grid
+    (Euclidean distance in mm), then sampled onto the box's native voxels.
     """
     from scipy import ndimage
 
