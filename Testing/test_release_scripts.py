@@ -67,3 +67,26 @@ def test_pool_entries_carry_their_source_and_a_fold_drops_its_own(tmp_path):
     assert [c.name for c in cases] == ["synth:ircad1.2-0"] and cases[0].weight == 6.0
     labels = np.unique(np.asarray(cases[0].label))
     assert 1 in labels and set(labels) <= {0, 1, HARD_NEGATIVE_LABEL}  # a liver-only stage: lesions are liver
+
+
+def test_di2in_accuracy_update_touches_only_the_accuracy_block(tmp_path):
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[1] / "Resources" / "models.json"
+    catalogue = tmp_path / "models.json"
+    catalogue.write_text(shipped.read_text())
+    for case, dice in (("ircadb1_19", 0.81234567), ("lits117", 0.9)):
+        (tmp_path / "release" / case).mkdir(parents=True)
+        (tmp_path / "release" / case / f"loo_di2in_an_{case}.json").write_text(json.dumps(
+            {"case": case, "liver_dice": dice, "liver_assd": 3.0, "liver_rvd": 0.1, "lesion_dice": 0.5,
+             "lesion_recall": float("nan"), "lesion_precision": 1.0, "lesion_fp": 2}))
+    release_di2in.update_accuracy(catalogue, tmp_path / "release")
+    before = {m["id"]: m for m in json.loads(shipped.read_text())["models"]}
+    after = {m["id"]: m for m in json.loads(catalogue.read_text())["models"]}
+    assert after.keys() == before.keys() and after["han-liver"] == before["han-liver"]
+    acc = after["di2in-an-liver"].pop("accuracy")
+    before["di2in-an-liver"].pop("accuracy")
+    assert after["di2in-an-liver"] == before["di2in-an-liver"]  # stages, ONNX exports, cascade untouched
+    assert acc["ircadb1_19"]["liver_dice"] == 0.8123 and acc["lits117"]["lesion_recall"] is None
+    assert "not trained: ts_example_ct, ts_example_dicom" in acc["method"]
+    assert Registry([catalogue]).get("di2in-an-liver").id == "di2in-an-liver"  # still a valid catalogue

@@ -37,7 +37,7 @@ from LiverSegLib.training.release_weights import (
 )
 from LiverSegLib.training.train_config import TrainConfig, load_train_config
 
-__all__ = ["di2in_stage", "di2in_cascade", "di2in_recipe", "score_case", "main"]
+__all__ = ["di2in_stage", "di2in_cascade", "di2in_recipe", "loo_accuracy", "score_case", "update_accuracy", "main"]
 
 WEIGHTS = "di2in_an_coarse.pt"
 
@@ -104,9 +104,33 @@ def score_case(weights_dir: Path, case: str) -> dict:
             "box_fallback": result.details.get("box_fallback"), "warnings": list(result.warnings), **scores}
 
 
+def loo_accuracy(release_dir: Path) -> dict:
+    """The catalogue's ``accuracy`` block from the folds' ``loo_di2in_an_<case>.json`` under ``release_dir``."""
+    from LiverSegLib.training.release_weights import rounded_scores
+
+    keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision", "lesion_fp")
+    scores = {}
+    for f in sorted(Path(release_dir).glob("*/loo_di2in_an_*.json")):
+        r = json.loads(f.read_text())
+        scores[r["case"]] = rounded_scores(r, keys)
+    missing = [c for c in EVAL_CASES if c not in scores]
+    method = ("leave-one-out: each fold's DI2IN-AN and cascade fine stage never saw its case (image, masks, mask "
+              "bank, synthetic CTs)" + (f"; folds not trained: {', '.join(missing)}" if missing else ""))
+    return {"method": method, **scores}
+
+
+def update_accuracy(path: Path, release_dir: Path) -> None:
+    """Replace only the ``accuracy`` block of the ``di2in-an-liver`` entry in ``path`` (weights, stages and their
+    ONNX exports stay as they are)."""
+    data = json.loads(path.read_text())
+    entry = next(m for m in data["models"] if m["id"] == "di2in-an-liver")
+    entry["accuracy"] = loo_accuracy(release_dir)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
 def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     """Add (or replace) the ``di2in-an-liver`` entry in ``path``: DI2IN-AN coarse + the cascade's fine stage."""
-    from LiverSegLib.training.release_weights import catalogue_entry, rounded_scores
+    from LiverSegLib.training.release_weights import catalogue_entry
     from LiverSegLib.weights import sha256_file
 
     shas = {"coarse": sha256_file(weights_dir / "han_liver_coarse.pt"),
@@ -114,12 +138,6 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     entry = catalogue_entry(shas, {}, {})
     entry["stages"]["coarse"] = di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS)).to_dict()
     entry["cascade"] = di2in_cascade().to_dict()
-    keys = ("liver_dice", "liver_assd", "liver_rvd", "lesion_dice", "lesion_recall", "lesion_precision", "lesion_fp")
-    accuracy: dict = {"method": "leave-one-out on ircadb1_19 only (CPU time allowed one fold): the fold's DI2IN-AN "
-                                "and cascade fine stage never saw the case (image, masks, mask bank, synthetic CTs)"}
-    for f in sorted(release_dir.glob("*/loo_di2in_an_*.json")):
-        r = json.loads(f.read_text())
-        accuracy[r["case"]] = rounded_scores(r, keys)
     entry.update({"id": "di2in-an-liver", "version": DI2IN_VERSION,
                   "title": "DI2IN-AN coarse liver model + han-liver fine stage (non-commercial)",
                   "description": "Yang et al. 2017 DI2IN (3D, deep supervision) at 3 mm, trained on the same real and "
@@ -127,7 +145,7 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
                                  "masks (LiTS, 3D-IRCADb) as the discriminator's real samples; han-liver's fine "
                                  "stage labels liver and lesions in its box. Research use, not for clinical "
                                  "decisions.",
-                  "accuracy": accuracy})
+                  "accuracy": loo_accuracy(release_dir)})
     data = json.loads(path.read_text())
     models = [m for m in data["models"] if m["id"] != entry["id"]]
     at = next((i + 1 for i, m in enumerate(models) if m["id"] == "han-liver"), len(models))
@@ -153,7 +171,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--catalogue", type=Path, metavar="MODELS_JSON",
                    help="no training: copy --out's DI2IN-AN weights next to the catalogue and add its entry")
     p.add_argument("--release-dir", type=Path, help="folder of the fold folders (for --catalogue)")
+    p.add_argument("--accuracy-only", action="store_true",
+                   help="with --catalogue: rewrite only the entry's accuracy block from the folds' scores")
     args = p.parse_args(argv)
+    if args.catalogue and args.accuracy_only:
+        update_accuracy(args.catalogue, args.release_dir or args.out.parent)
+        return 0
     if args.catalogue:
         import shutil
 
