@@ -29,9 +29,9 @@ def test_recipes_build_with_the_stated_choices():
     rules = release_weights.cascade()
     assert rules.coarse_liver_weight == 0.5 and rules.fine_inplane_mm == 1.0 and rules.fine_inplane_floor_mm is None
     assert rules.coarse_neck_mm == 8.0 and rules.coarse_neck_min_ml == 10.0  # 1.3.0: the heart beyond a thin neck
-    # DI2IN-AN keeps the rules it was measured with (1.0.0: no blend, no fixed grid, no neck cut)
+    # DI2IN-AN 1.1.0: han-liver's fixed fine grid, but no blend and no neck cut
     di2in = release_di2in.di2in_cascade()
-    assert di2in.coarse_liver_weight == 0.0 and di2in.fine_inplane_mm is None and di2in.coarse_gate_mm == 5.0
+    assert di2in.coarse_liver_weight == 0.0 and di2in.fine_inplane_mm == 1.0 and di2in.coarse_gate_mm == 5.0
     assert di2in.coarse_neck_mm is None
 
 
@@ -69,7 +69,7 @@ def test_pool_entries_carry_their_source_and_a_fold_drops_its_own(tmp_path):
     assert 1 in labels and set(labels) <= {0, 1, HARD_NEGATIVE_LABEL}  # a liver-only stage: lesions are liver
 
 
-def test_di2in_accuracy_update_touches_only_the_accuracy_block(tmp_path):
+def test_di2in_refresh_rewrites_rules_and_accuracy_not_stages(tmp_path):
     from pathlib import Path
 
     shipped = Path(__file__).resolve().parents[1] / "Resources" / "models.json"
@@ -80,13 +80,16 @@ def test_di2in_accuracy_update_touches_only_the_accuracy_block(tmp_path):
         (tmp_path / "release" / case / f"loo_di2in_an_{case}.json").write_text(json.dumps(
             {"case": case, "liver_dice": dice, "liver_assd": 3.0, "liver_rvd": 0.1, "lesion_dice": 0.5,
              "lesion_recall": float("nan"), "lesion_precision": 1.0, "lesion_fp": 2}))
-    release_di2in.update_accuracy(catalogue, tmp_path / "release")
+    release_di2in.refresh_entry(catalogue, tmp_path / "release")
     before = {m["id"]: m for m in json.loads(shipped.read_text())["models"]}
     after = {m["id"]: m for m in json.loads(catalogue.read_text())["models"]}
     assert after.keys() == before.keys() and after["han-liver"] == before["han-liver"]
     acc = after["di2in-an-liver"].pop("accuracy")
-    before["di2in-an-liver"].pop("accuracy")
-    assert after["di2in-an-liver"] == before["di2in-an-liver"]  # stages, ONNX exports, cascade untouched
+    assert after["di2in-an-liver"].pop("version") == release_di2in.DI2IN_VERSION
+    assert after["di2in-an-liver"].pop("cascade") == release_di2in.di2in_cascade().to_dict()
+    for key in ("accuracy", "version", "cascade"):
+        before["di2in-an-liver"].pop(key)
+    assert after["di2in-an-liver"] == before["di2in-an-liver"]  # stages, their weights and ONNX exports untouched
     assert acc["ircadb1_19"]["liver_dice"] == 0.8123 and acc["lits117"]["lesion_recall"] is None
     assert "not trained: ts_example_ct, ts_example_dicom" in acc["method"]
     assert Registry([catalogue]).get("di2in-an-liver").id == "di2in-an-liver"  # still a valid catalogue
