@@ -159,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
                         "1.1.0 experiment; the shipped weights were trained without), with a detailed heart")
     p.add_argument("--shard", default="0/1", help="i/n: paint only maps i, i+n, ... (parallel painting)")
     args = p.parse_args(argv)
-    shard = tuple(int(v) for v in args.shard.split("/"))
+    i, sep, n = args.shard.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        p.error(f"--shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. 0/2")
+    shard = (int(i), int(n))
     shared = shared_data_dir()
     sources = map_sources(shared, include_ts=not args.no_ts)
     donors = donor_masks(shared)

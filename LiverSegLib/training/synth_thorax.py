@@ -8,8 +8,9 @@ the chest:
 
 * **padding** -- slices above the map's top, down to ``reach_mm`` above the liver dome, copying the top slice's
   body outline, bone (spine, ribs) and aorta;
-* **heart** -- a deformed ellipsoid anterior and left of the spine whose base lies a little below the dome's top
-  slice (so the two share axial slices, as in real scans); it takes free body voxels only, never liver;
+* **heart** -- an adult-sized deformed ellipsoid anterior and left of the spine whose base lies 10-35 mm below the
+  dome's top slice (so the two share axial slices, as in real scans); it takes free body voxels only and keeps
+  3-6 mm of diaphragm muscle between itself and the liver;
 * **lungs** -- every free body voxel above a smooth diaphragm surface (draped over the liver, spleen and stomach
   tops), inside the chest wall and outside the mediastinum;
 * **mediastinum** -- the remaining free voxels above the diaphragm and inside the wall become fat (the body-layer
