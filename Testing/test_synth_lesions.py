@@ -178,3 +178,41 @@ def test_real_liver_gets_darker_lesions_inside_it() -> None:
     assert new.sum() > 10 and np.all(label[new] == 1)
     assert not np.any((np.abs(new_img - image) > 0.5) & (label == 0))
     assert new_img[new].mean() < image[_surroundings(new, label)].mean() - 15.0
+
+
+def test_hard_negative_organs_are_never_painted(phantom) -> None:
+    # A training label marks the organs next to the liver as 3 (HARD_NEGATIVE_LABEL). They must stay untouched: a
+    # lesion painted into the kidney and labelled 2 teaches the fine stage that the kidney is liver.
+    from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL
+
+    image, label, spacing = phantom
+    organ_label = label.copy()
+    organ = ndimage.binary_dilation(label > 0, iterations=6) & (label == 0)  # a thick shell hugging the liver
+    organ_label[organ] = HARD_NEGATIVE_LABEL
+    config = replace(NO_RIM, n_lesions=(4, 4), radius_mm=(6.0, 10.0), edge_probability=1.0)
+    for seed in range(4):
+        new_img, new_lab = synthesize_lesions(image, organ_label, spacing, config, np.random.default_rng(seed))
+        assert np.all(new_lab[organ] == HARD_NEGATIVE_LABEL)
+        assert np.array_equal(new_img[organ], image[organ])
+        assert np.count_nonzero((new_lab == 2) & (label == 1)) > 20  # the liver did get lesions
+
+
+@pytest.mark.parametrize("edge, touches", [(0.0, False), (1.0, True)])
+def test_subcapsular_lesions_reach_the_liver_surface(phantom, edge: float, touches: bool) -> None:
+    image, label, spacing = phantom
+    # no warp and a 4 mm margin: a deep lesion (axes up to 1.35 radii) then keeps clear of the surface
+    config = replace(NO_RIM, n_lesions=(3, 3), radius_mm=(5.0, 8.0), edge_probability=edge, deform_strength=0.0,
+                     margin_mm=4.0)
+    surface = (label > 0) & ~ndimage.binary_erosion(label > 0)  # the liver's outer voxel layer
+    hits = 0
+    for seed in range(3):
+        _, new_lab = synthesize_lesions(image, label, spacing, config, np.random.default_rng(seed))
+        new = (new_lab == 2) & (label != 2)
+        assert new.sum() > 20
+        hits += int(np.count_nonzero(new & surface) > 0)
+    assert hits == (3 if touches else 0)
+
+
+def test_edge_probability_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError, match="edge_probability"):
+        LesionSynthesisConfig(edge_probability=1.5)

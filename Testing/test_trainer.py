@@ -139,6 +139,24 @@ def test_synthetic_lesions_reach_the_samples_and_stay_in_the_liver():
         assert (np.asarray(cases[i].label[box])[label == 2] == 1).all()
 
 
+def test_a_liver_only_stage_gets_synthetic_lesions_labelled_liver():
+    # The coarse stage (background, liver) learns that a tumour is liver: its synthetic lesions change the image
+    # but are labelled 1, never 2 (a class it does not have).
+    cfg = load_train_config("cascade_coarse", TINY_HAN)
+    assert not cfg.stage.has_lesion
+    cases = _cases(cfg.stage, 2, spacing=(2.0, 2.0, 2.5), n_lesions=(0, 0))
+    synth = {"apply_probability": 1.0, "reuse": 4, "radius_mm": [4.0, 8.0], "n_lesions": [2, 3]}
+    sampler = SliceSampler(cases, cfg.stage, {**cfg.section("sampler"), "foreground_prob": 1.0, "crop": 32}, synth)
+    x, y = sampler.sample(16)
+    assert set(np.unique(y)) <= {0, 1}
+    painted = 0
+    for i, (box, image, label, _) in sampler.synth._store.items():
+        moved = np.abs(image - np.asarray(cases[i].image[box], np.float32)) > 5.0
+        painted += int(moved.sum())
+        assert (label[moved] == 1).all() and not (label == 2).any()
+    assert painted > 0
+
+
 def test_monai_augmentation_zooms_rotates_flips_and_jitters_consistently():
     from LiverSegLib.training.augment import Augmenter
 

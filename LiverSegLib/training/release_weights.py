@@ -23,6 +23,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,8 +83,11 @@ def cascade() -> CascadeConfig:
                          coarse_liver_weight=0.5, coarse_neck_mm=8.0, coarse_neck_min_ml=10.0)
 
 
-def recipe(role: str, steps: int, lr: float, seed: int) -> TrainConfig:
+def recipe(role: str, steps: int, lr: float, seed: int, synth_lesions: dict[str, Any] | None = None) -> TrainConfig:
     """Han's recipe (``Resources/configs/cascade_*.json``) scaled to CPU training on this data.
+
+    ``synth_lesions`` overrides entries of :data:`SYNTH_LESIONS` for the fine stage; the coarse stage gets synthetic
+    lesions only when it is given (then :data:`SYNTH_LESIONS` with these entries).
 
     Choices beyond Han (the paper trained 50 LiTS epochs on a GPU): narrow networks; SGD lr 1e-2 with a step decay
     x0.5 every quarter; the coarse loss weights background 0.4 / liver 1.0 (Han's 0.2 / 1.2 taught the old model to
@@ -103,9 +107,10 @@ def recipe(role: str, steps: int, lr: float, seed: int) -> TrainConfig:
                    "scale_range": [0.7, 1.4], "intensity_jitter": [0.2, 0.1], "flip": False}
         loss = {"name": "weighted_ce", "class_weights": [0.2, 1.2, 2.2], "hard_negative_weight": 2.0}
     d = stage_config_dict(stage)
+    lesions = {**SYNTH_LESIONS, **(synth_lesions or {})} if role == "fine" or synth_lesions is not None else None
     raw = {**base, "name": f"han_liver_{role}", "stage": {**d, "batch_cpu": stage.batch_cpu,
                                                          "batch_cuda": stage.batch_cuda},
-           "sampler": sampler, "loss": loss, "synthetic_lesions": SYNTH_LESIONS if role == "fine" else None,
+           "sampler": sampler, "loss": loss, "synthetic_lesions": lesions,
            "optimizer": {**base["optimizer"], "lr": lr},
            "scheduler": {"name": "step", "every": max(1, steps // 4), "gamma": 0.5},
            "steps": steps, "validate_every": max(1, steps // 8), "seed": seed}
@@ -260,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
                                                              "$LIVERSEG_HOME/pool)")
     p.add_argument("--resume", action="store_true", help="continue the stage runs found in --out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--synth-lesions", type=json.loads, default=None, metavar="JSON",
+                   help='override entries of the fine stage\'s synthetic lesions, e.g. \'{"edge_probability": 0}\'')
+    p.add_argument("--coarse-synth-lesions", type=json.loads, default=None, metavar="JSON",
+                   help="give the coarse stage synthetic lesions too, with these entries over the fine stage's "
+                        "defaults ('{}': the defaults)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--catalogue", type=Path, metavar="MODELS_JSON",
                    help="no training: copy --out's weights into the catalogue's weights folder and make this model "
@@ -285,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{role}: {target} exists, skipped", flush=True)
             continue
         steps = args.coarse_steps if role == "coarse" else args.fine_steps
-        cfg = recipe(role, steps, args.lr, args.seed)
+        cfg = recipe(role, steps, args.lr, args.seed,
+                     args.synth_lesions if role == "fine" else args.coarse_synth_lesions)
         cases = real_cases(cfg.stage, args.leave_out)
         real_weight = sum(c.weight for c in cases)
         cases += pool_cases(pool / ("coarse" if role == "coarse" else "native"), cfg.stage, args.leave_out,

@@ -54,7 +54,7 @@ class SynthLesionCache:
     stored per case.
     """
 
-    def __init__(self, cfg: dict[str, Any], rng: np.random.Generator) -> None:
+    def __init__(self, cfg: dict[str, Any], rng: np.random.Generator, lesion_label: int = 2) -> None:
         from LiverSegLib.training.synth_lesions import LesionSynthesisConfig
 
         cfg = dict(cfg)
@@ -63,6 +63,7 @@ class SynthLesionCache:
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         self.config = LesionSynthesisConfig(**fields)
         self.rng = rng
+        self.lesion_label = lesion_label  # 1 for a liver-only stage: its lesions are liver
         self._store: dict[int, tuple[tuple[slice, ...], np.ndarray, np.ndarray, int]] = {}
 
     def get(self, index: int, case: PreparedCase) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
@@ -89,7 +90,10 @@ class SynthLesionCache:
                     for a, p, n in zip(nz, pad, case.label.shape, strict=True))
         image, label = synthesize_lesions(np.asarray(case.image[box], np.float32), np.asarray(case.label[box]),
                                           case.spacing_xyz, self.config, self.rng)
-        return box, image.astype(np.float32), label.astype(np.uint8), 0
+        label = label.astype(np.uint8)
+        if self.lesion_label != 2:
+            label[label == 2] = self.lesion_label
+        return box, image.astype(np.float32), label, 0
 
 
 def _read(case: PreparedCase, synth, zs: np.ndarray, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +129,7 @@ class _Sampler:
         self.rng = np.random.default_rng([seed, rank, 1])
         self.augment = Augmenter(cfg, self.spatial_dims, seed * 1000 + rank)
         self.stream = CaseStream([c.weight for c in cases], seed, rank, world_size)
-        self.synth = SynthLesionCache(synth, self.rng) if synth else None
+        self.synth = SynthLesionCache(synth, self.rng, 2 if stage.has_lesion else 1) if synth else None
 
     def _pick(self) -> tuple[int, PreparedCase, Any]:
         i = self.stream.next()

@@ -11,7 +11,9 @@ implementation of that idea, with these choices:
   lesion never leaves the liver.
 * **Placement** -- the centre is drawn among liver voxels at least ``radius + margin_mm`` from the liver surface
   (Euclidean distance in mm, image border counted as surface); in a liver too thin for that the deepest voxels are
-  used and the radius shrinks.
+  used and the radius shrinks. With ``edge_probability`` a lesion is subcapsular instead: its centre lies
+  0.25-0.75 radii below the surface, so the liver mask cuts it and it reaches the capsule (the large peripheral
+  tumours that a model trained only on deep lesions leaves outside the liver).
 * **Intensity** -- the smooth part of the image under the lesion is replaced by the local liver level (median of
   the original liver voxels around the centre) + a random shift + Gaussian-filtered texture, while the scanner
   noise of the original voxels is kept, so the lesion's grain matches the scan's. An optional enhancing rim adds a
@@ -73,6 +75,8 @@ class LesionSynthesisConfig:
         margin_mm: wanted distance between the lesion and the liver surface (2 mm: lesions stay inside the liver
             rather than bulging out of it; the liver mask clips them anyway).
         probability: chance to insert anything at all (1.0: always; lower it to keep some original cases).
+        edge_probability: chance that a lesion is subcapsular (centre 0.25-0.75 radii below the liver surface,
+            clipped by it) rather than at least ``radius + margin_mm`` deep (0: never, the original placement).
 
     Raises:
         ValueError: a range with low > high, negative sizes, or a probability outside [0, 1].
@@ -90,6 +94,7 @@ class LesionSynthesisConfig:
     rim_width_mm: float = 2.0
     margin_mm: float = 2.0
     probability: float = 1.0
+    edge_probability: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("n_lesions", "radius_mm", "hu_shift", "rim_hu"):
@@ -102,7 +107,7 @@ class LesionSynthesisConfig:
                      "margin_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("rim_probability", "probability"):
+        for name in ("rim_probability", "probability", "edge_probability"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
@@ -221,7 +226,8 @@ def synthesize_lesions(
 
     Args:
         image_zyx: CT in HU, indexed ``[z, y, x]``.
-        label_zyx: labelmap of the same shape (0 background, 1 liver, 2 lesion); the liver is ``label > 0``.
+        label_zyx: labelmap of the same shape (0 background, 1 liver, 2 lesion); the liver is labels 1 and 2.
+            Other values (a training label's hard-negative organs, 3) are neither painted nor relabelled.
         spacing_xyz: voxel size in mm of array axes 2, 1, 0.
         config: what to draw; default :class:`LesionSynthesisConfig()`.
         rng: random generator; the same generator state gives identical outputs. Default: a fresh unseeded one.
@@ -245,7 +251,9 @@ def synthesize_lesions(
     rng = rng if rng is not None else np.random.default_rng()
     out_img = image.astype(image.dtype if np.issubdtype(image.dtype, np.floating) else np.float32, copy=True)
     out_lab = label.copy()
-    liver = label > 0
+    # Liver and lesion only: a training label also marks the organs next to the liver (HARD_NEGATIVE_LABEL), and
+    # a lesion painted there would teach the network that kidney or stomach is liver.
+    liver = (label == LIVER_LABEL) | (label == LESION_LABEL)
     if rng.random() >= cfg.probability or np.count_nonzero(liver) < _MIN_LIVER_VOXELS:
         return out_img, out_lab
 
@@ -264,7 +272,13 @@ def synthesize_lesions(
         radius = float(rng.uniform(*cfg.radius_mm))
         if deepest < radius + cfg.margin_mm:  # a thin liver: the deepest voxels and a smaller lesion
             radius = max(deepest - cfg.margin_mm, 0.5 * deepest)
-        candidates = np.flatnonzero(depth >= min(radius + cfg.margin_mm, deepest))
+        if cfg.edge_probability > 0 and rng.random() < cfg.edge_probability:
+            # subcapsular: the centre within the outer 0.25-0.75 radii, so the surface cuts the lesion
+            candidates = np.flatnonzero((depth >= 0.25 * radius) & (depth <= 0.75 * radius))
+            if len(candidates) == 0:
+                candidates = np.flatnonzero(depth >= min(radius + cfg.margin_mm, deepest))
+        else:
+            candidates = np.flatnonzero(depth >= min(radius + cfg.margin_mm, deepest))
         centre = np.array(np.unravel_index(candidates[rng.integers(len(candidates))], depth.shape))
         # Local liver level: median of the original parenchyma within about one lesion size of the centre.
         near = _lesion_box(centre, radius + 10.0, spacing, depth.shape)
