@@ -9,15 +9,18 @@ from torch import nn
 from LiverSegLib.errors import ModelError
 from LiverSegLib.networks.di2in import DI2IN
 from LiverSegLib.networks.discriminator import Discriminator
+from LiverSegLib.networks.ensemble import MeanEnsemble
 from LiverSegLib.networks.han_resunet import HanResUNet2p5D
 from LiverSegLib.networks.mixed_unet import MixedPool2d, MixedUNet
 
-__all__ = ["DI2IN", "Discriminator", "HanResUNet2p5D", "MixedPool2d", "MixedUNet", "NETWORKS", "build_network"]
+__all__ = ["DI2IN", "Discriminator", "HanResUNet2p5D", "MeanEnsemble", "MixedPool2d", "MixedUNet", "NETWORKS",
+           "build_network"]
 
 NETWORKS: dict[str, type[nn.Module]] = {
     "DI2IN": DI2IN,
     "Discriminator": Discriminator,
     "HanResUNet2p5D": HanResUNet2p5D,
+    "MeanEnsemble": MeanEnsemble,
     "MixedUNet": MixedUNet,
 }
 

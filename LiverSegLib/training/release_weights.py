@@ -165,13 +165,25 @@ def pool_cases(pool_dir: Path | None, stage: StageConfig, leave_out: str | None,
     return out
 
 
+def stage_for_file(stage: StageConfig, weights_path: Path) -> StageConfig:
+    """``stage`` bound to the checkpoint ``weights_path``: its sha256, and its network as the file describes it (the
+    stage's own network, or a :class:`~LiverSegLib.networks.ensemble.MeanEnsemble` of it packed by
+    :mod:`~LiverSegLib.training.ensemble_weights`)."""
+    import dataclasses
+
+    from LiverSegLib.config import NetworkSpec
+    from LiverSegLib.weights import load_checkpoint, sha256_file
+
+    net = load_checkpoint(weights_path)["config"]["network"]
+    return dataclasses.replace(stage, sha256=sha256_file(weights_path),
+                               network=NetworkSpec(net["name"], dict(net.get("kwargs", {}))))
+
+
 def fold_model(weights_dir: Path, name: str = "fold") -> ModelConfig:
     """The cascade of a folder this script trained (its two weight files, the shipped cascade rules)."""
-    from LiverSegLib.weights import sha256_file
-
     d = Path(weights_dir)
-    return ModelConfig(name, "0", name, coarse_stage(sha256=sha256_file(d / "han_liver_coarse.pt")),
-                       fine_stage(sha256=sha256_file(d / "han_liver_fine.pt")), cascade(), weights_dir=str(d))
+    return ModelConfig(name, "0", name, stage_for_file(coarse_stage(), d / "han_liver_coarse.pt"),
+                       stage_for_file(fine_stage(), d / "han_liver_fine.pt"), cascade(), weights_dir=str(d))
 
 
 def score_case(weights_dir: Path, case: str) -> dict:
@@ -203,8 +215,10 @@ def rounded_scores(scores: dict, keys: tuple[str, ...] = SCORE_KEYS) -> dict:
 MODEL_VERSION = "1.3.0"
 
 
-def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: dict[str, float]) -> dict:
-    """The ``models.json`` entry of the shipped cascade, quoting the leave-one-out results."""
+def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: dict[str, float],
+                    stages: dict[str, StageConfig] | None = None) -> dict:
+    """The ``models.json`` entry of the shipped cascade, quoting the leave-one-out results (``stages``: the stages
+    bound to their files, see :func:`stage_for_file`; default the plain networks with ``shas``)."""
     from LiverSegLib.config import ModelConfig
 
     accuracy: dict = {"method": "leave-one-out over the four real labelled CTs: each fold trains both stages without "
@@ -227,7 +241,8 @@ def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: d
                       "TotalSegmentator example CT, DICOM example and their maps (Apache-2.0; TotalSegmentator "
                       "predictions); dcmqi 3-slice CT (BSD-style); synthetic CTs painted from these maps",
         model_card="Resources/MODEL_CARD_han-liver.md",
-        coarse=coarse_stage(sha256=shas["coarse"]), fine=fine_stage(sha256=shas["fine"]), cascade=cascade(),
+        coarse=(stages or {}).get("coarse") or coarse_stage(sha256=shas["coarse"]),
+        fine=(stages or {}).get("fine") or fine_stage(sha256=shas["fine"]), cascade=cascade(),
         accuracy=accuracy, runtimes={"train_seconds_cpu_1_thread": train_seconds} if train_seconds else {},
     ).to_dict()
 
@@ -237,6 +252,8 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     from LiverSegLib.weights import sha256_file
 
     shas = {role: sha256_file(weights_dir / f"han_liver_{role}.pt") for role in ("coarse", "fine")}
+    stages = {"coarse": stage_for_file(coarse_stage(), weights_dir / "han_liver_coarse.pt"),
+              "fine": stage_for_file(fine_stage(), weights_dir / "han_liver_fine.pt")}
     loo = {c: json.loads((release_dir / c / f"loo_{c}.json").read_text()) for c in EVAL_CASES
            if (release_dir / c / f"loo_{c}.json").is_file()}
     seconds = {}
@@ -245,7 +262,7 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
         if summary.is_file():
             seconds[role] = json.loads(summary.read_text())["seconds"]
     data = json.loads(path.read_text())
-    data["models"] = [catalogue_entry(shas, loo, seconds)] + [m for m in data["models"] if m["id"] != MODEL_ID]
+    data["models"] = [catalogue_entry(shas, loo, seconds, stages)] + [m for m in data["models"] if m["id"] != MODEL_ID]
     data["default"] = MODEL_ID
     path.write_text(json.dumps(data, indent=2) + "\n")
 
