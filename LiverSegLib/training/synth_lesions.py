@@ -272,12 +272,11 @@ def synthesize_lesions(
         radius = float(rng.uniform(*cfg.radius_mm))
         if deepest < radius + cfg.margin_mm:  # a thin liver: the deepest voxels and a smaller lesion
             radius = max(deepest - cfg.margin_mm, 0.5 * deepest)
+        candidates = np.empty(0, dtype=np.intp)
         if cfg.edge_probability > 0 and rng.random() < cfg.edge_probability:
             # subcapsular: the centre within the outer 0.25-0.75 radii, so the surface cuts the lesion
             candidates = np.flatnonzero((depth >= 0.25 * radius) & (depth <= 0.75 * radius))
-            if len(candidates) == 0:
-                candidates = np.flatnonzero(depth >= min(radius + cfg.margin_mm, deepest))
-        else:
+        if len(candidates) == 0:  # deep placement (also where the liver has no subcapsular candidates)
             candidates = np.flatnonzero(depth >= min(radius + cfg.margin_mm, deepest))
         centre = np.array(np.unravel_index(candidates[rng.integers(len(candidates))], depth.shape))
         # Local liver level: median of the original parenchyma within about one lesion size of the centre.
