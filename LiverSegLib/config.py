@@ -118,6 +118,13 @@ class StageConfig:
     normalization: str = "window"
     onnx: OnnxExport | None = None
 
+    @property
+    def members(self) -> int:
+        """How many networks the stage runs: ``count`` of a ``MeanEnsemble``, else 1."""
+        if self.network.name == "MeanEnsemble":
+            return int(self.network.kwargs.get("count", 1))
+        return 1
+
     def __post_init__(self) -> None:
         if self.hu_window[0] >= self.hu_window[1]:
             raise ModelError(f"hu_window must be increasing, got {list(self.hu_window)}")
@@ -214,6 +221,12 @@ class CascadeConfig:
             phases, and a 2.5D coarse stage at 2 mm joins the two through the thin diaphragm. ``None`` (default):
             the largest component is kept whole, as Han.
         coarse_neck_min_ml: see ``coarse_neck_mm``; smaller cores (a thin lobe tip, a notch) stay with the liver.
+        coarse_member_union: for a coarse stage that is an ensemble of several networks (``MeanEnsemble``): the
+            members' mean probability is kept only inside the union of the members' own coarse livers (each member's
+            largest component, cut at necks as above). Each member then decides alone what is joined to the liver,
+            and the mean only refines the outline: two members that each keep the heart off the liver, one as a
+            separate component and one behind a neck, otherwise average into a heart joined to the liver over a
+            broad contact, which no neck cut separates. ``True`` (default); ignored for a single network.
     """
 
     margin_mm: tuple[float, float, float] = (10.0, 10.0, 10.0)
@@ -230,6 +243,7 @@ class CascadeConfig:
     fine_inplane_mm: float | None = None
     coarse_neck_mm: float | None = None
     coarse_neck_min_ml: float = 10.0
+    coarse_member_union: bool = True
 
     def __post_init__(self) -> None:
         if self.coarse_neck_mm is not None and not self.coarse_neck_mm > 0.0:
@@ -270,6 +284,7 @@ class CascadeConfig:
             fine_inplane_mm=None if d.get("fine_inplane_mm") is None else float(d["fine_inplane_mm"]),
             coarse_neck_mm=None if d.get("coarse_neck_mm") is None else float(d["coarse_neck_mm"]),
             coarse_neck_min_ml=float(d.get("coarse_neck_min_ml", 10.0)),
+            coarse_member_union=bool(d.get("coarse_member_union", True)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -283,7 +298,8 @@ class CascadeConfig:
                 **({"fine_inplane_mm": self.fine_inplane_mm} if self.fine_inplane_mm else {}),
                 **({"coarse_liver_weight": self.coarse_liver_weight} if self.coarse_liver_weight else {}),
                 **({"coarse_neck_mm": self.coarse_neck_mm, "coarse_neck_min_ml": self.coarse_neck_min_ml}
-                   if self.coarse_neck_mm else {})}
+                   if self.coarse_neck_mm else {}),
+                **({} if self.coarse_member_union else {"coarse_member_union": False})}
 
 
 @dataclass(frozen=True)

@@ -88,7 +88,7 @@ def test_bad_ensembles_are_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.skipif(not engine_available("onnx"), reason="the onnx package (dev extra) exports models")
-def test_the_ensemble_exports_as_one_onnx_graph_that_matches_torch(tmp_path):
+def test_the_ensemble_exports_as_one_onnx_graph_that_matches_torch_members_included(tmp_path):
     from LiverSegLib.training.export_onnx import export_stage
 
     members = _members(tmp_path)
@@ -97,7 +97,100 @@ def test_the_ensemble_exports_as_one_onnx_graph_that_matches_torch(tmp_path):
     export = export_stage(stage, tmp_path / "ens.pt", tmp_path / "ens.onnx")
     stage = replace(stage, onnx=export)
     grid, z = _grid()
-    reference = StageModel(stage, tmp_path / "ens.pt", torch.device("cpu")).predict(grid, z)
-    out = OnnxStage(stage, tmp_path / "ens.onnx", "openvino", "fp32").predict(grid, z)
+    reference = StageModel(stage, tmp_path / "ens.pt", torch.device("cpu")).predict(grid, z, keep_members=True)
+    out = OnnxStage(stage, tmp_path / "ens.onnx", "openvino", "fp32").predict(grid, z, keep_members=True)
     assert np.abs(out.foreground.astype(np.float32) - reference.foreground).max() < 0.01
     assert np.abs(out.lesion.astype(np.float32) - reference.lesion).max() < 0.01
+    # the graph carries each member, so the cascade's member union works on the ONNX engines too
+    assert np.abs(out.members.astype(np.float32) - reference.members).max() < 0.01
+
+
+def test_an_ensemble_stage_returns_each_members_foreground_when_asked(tmp_path):
+    members = _members(tmp_path)
+    combine_checkpoints(members, tmp_path / "ens.pt")
+    base = model_from_checkpoint(members[0]).coarse
+    stage = release_weights.stage_for_file(base, tmp_path / "ens.pt")
+    assert stage.members == 2 and base.members == 1
+    grid, z = _grid()
+    singles = [StageModel(base, p, torch.device("cpu"), verify=False).predict(grid, z) for p in members]
+    ens = StageModel(stage, tmp_path / "ens.pt", torch.device("cpu"))
+    assert ens.predict(grid, z).members is None  # only kept on request: the fine stage's box can be large
+    out = ens.predict(grid, z, keep_members=True)
+    assert out.members.shape == (2, *out.foreground.shape) and out.members.dtype == np.float16
+    for i in range(2):
+        assert np.abs(out.members[i].astype(np.float32) - singles[i].foreground).max() < 2e-3
+    assert np.abs(out.members.astype(np.float32).mean(0) - out.foreground).max() < 2e-3
+
+
+def test_fold_members_recovers_the_members_and_their_mean_from_the_softmax():
+    from LiverSegLib.pipeline.stage import fold_members
+
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(3), size=(2, 4, 5)).transpose(0, 3, 1, 2)  # member 1: (B=2, C=3, 4, 5)
+    q = rng.dirichlet(np.ones(3), size=(2, 4, 5)).transpose(0, 3, 1, 2)
+    logits = torch.from_numpy(np.concatenate([np.log(p), np.log(q)], axis=1))
+    mean, fg = fold_members(torch.softmax(logits, dim=1), 2)  # what every runtime does to a stage's output
+    assert torch.allclose(mean, torch.from_numpy((p + q) / 2), atol=1e-6)
+    assert torch.allclose(fg[:, 0], torch.from_numpy(1 - p[:, 0]), atol=1e-6)
+    assert torch.allclose(fg[:, 1], torch.from_numpy(1 - q[:, 0]), atol=1e-6)
+    mean_np, _ = fold_members(torch.softmax(logits, dim=1).numpy(), 2)
+    assert np.allclose(mean_np, (p + q) / 2, atol=1e-6)
+    same, none = fold_members(torch.from_numpy(p), 1)
+    assert none is None and torch.equal(same, torch.from_numpy(p))
+
+
+def test_the_members_mean_cannot_join_what_each_member_kept_apart():
+    """Member A keeps a blob (think heart) apart as its own component; member B joins a bridge to the liver but
+    barely sees the blob. Their plain mean joins liver, bridge and blob into one component; within the union of
+    the members' own livers the blob stays out and the liver (and bridge) stay in."""
+    from LiverSegLib.config import CascadeConfig
+    from LiverSegLib.pipeline.box import coarse_liver
+    from LiverSegLib.pipeline.predictor import _within_member_livers
+    from LiverSegLib.pipeline.stage import StageOutput
+    from LiverSegLib.types import Volume
+
+    shape = (12, 30, 30)
+    liver, bridge, blob = (np.zeros(shape, bool) for _ in range(3))
+    liver[2:10, 4:14, 4:20] = True
+    bridge[5:7, 14:18, 10:13] = True
+    blob[3:9, 18:27, 6:18] = True
+    a = np.where(liver, 0.95, np.where(blob, 0.9, np.where(bridge, 0.3, 0.02)))
+    b = np.where(liver, 0.95, np.where(bridge, 0.9, np.where(blob, 0.3, 0.02)))
+    ct = Volume(np.zeros(shape, np.int16), (2.0, 2.0, 2.5), (0.0, 0.0, 0.0), np.eye(3))
+    cascade = CascadeConfig()
+    mean = ((a + b) / 2).astype(np.float16)
+    assert coarse_liver(mean, shape, ct.spacing_xyz, cascade)[blob].all()  # the failure the rule is for
+    kept = _within_member_livers(StageOutput(mean, None, np.stack([a, b]).astype(np.float16)), ct, cascade)
+    joined = coarse_liver(kept, shape, ct.spacing_xyz, cascade)
+    assert not joined[blob].any() and joined[liver].all() and joined[bridge].all()
+    assert kept.dtype == np.float16 and np.array_equal(kept[liver], mean[liver])
+
+
+def test_the_predictor_applies_the_member_union_to_an_ensemble_coarse_stage_only_when_configured(tmp_path):
+    from cli_fixtures import SHAPE, SPACING
+
+    from LiverSegLib.config import CascadeConfig
+    from LiverSegLib.data.phantoms import make_phantom
+    from LiverSegLib.pipeline.box import coarse_liver
+    from LiverSegLib.pipeline.geometry import to_canonical
+    from LiverSegLib.pipeline.predictor import Predictor, _Reporter
+
+    members = _members(tmp_path)
+    combine_checkpoints(members, tmp_path / "ens.pt")
+    ct, _ = make_phantom(SHAPE, SPACING, seed=3)
+    canonical, _ = to_canonical(ct)
+    runs = {}
+    for name, path in (("a", members[0]), ("b", members[1]), ("ens", tmp_path / "ens.pt")):
+        predictor = Predictor.from_checkpoint(path, device="cpu", runtime="torch")
+        runs[name] = predictor._run_coarse(canonical, _Reporter(None))[0]
+    cascade = predictor.model.cascade
+    assert cascade.coarse_member_union
+    union = np.zeros(runs["a"].shape, bool)
+    for name in ("a", "b"):
+        union |= coarse_liver(runs[name], canonical.array_zyx.shape, canonical.spacing_xyz, cascade)
+    mean = (runs["a"].astype(np.float32) + runs["b"]) / 2
+    assert 0 < union.sum() < union.size
+    assert np.abs(runs["ens"][union] - mean[union]).max() < 2e-3 and not runs["ens"][~union].any()
+    predictor.model = replace(predictor.model, cascade=CascadeConfig(coarse_member_union=False))
+    plain = predictor._run_coarse(canonical, _Reporter(None))[0]
+    assert np.abs(plain.astype(np.float32) - mean).max() < 2e-3

@@ -57,9 +57,9 @@ def test_models_json_selects_di2in_as_the_coarse_stage(tmp_path):
     seen = {}
     real = StageModel._predict_3d
 
-    def spy(self, grid, z, progress):
+    def spy(self, grid, z, progress, *rest):
         seen["grid"] = grid.shape
-        return real(self, grid, z, progress)
+        return real(self, grid, z, progress, *rest)
 
     StageModel._predict_3d = spy
     try:

@@ -1,11 +1,14 @@
-"""Several trained networks of one architecture run as one: their softmax probabilities are averaged.
+"""Several trained networks of one architecture run as one stage: their softmax probabilities are averaged.
 
 Why: on four leave-one-out folds the same CPU recipe trained twice gives coarse livers that differ by up to 0.07
-Dice on one case, and averaging runs is the usual way to spend more training on less spread. Measured here it is no
-sure gain: one two-run mean beat both runs on a fold, others joined the heart to the liver
-(Resources/MODEL_CARD_han-liver.md). Packing the members into one module keeps a stage one checkpoint (one sha256,
-loaded with ``weights_only=True``) and one ONNX graph.
+Dice on one case, and averaging runs is the usual way to spend more training on less spread. Averaged naively it is
+no sure gain: two coarse members that each keep the heart apart from the liver (one as a separate component, the
+other behind a thin neck) can average into a heart joined to the liver over a broad contact. So the stage keeps each
+member's probabilities as well as their mean, and the cascade restricts the mean to the union of the members' own
+coarse livers (``CascadeConfig.coarse_member_union``; Resources/MODEL_CARD_han-liver.md). Packing the members into
+one module keeps a stage one checkpoint (one sha256, loaded with ``weights_only=True``) and one ONNX graph.
 """
+
 
 from __future__ import annotations
 
@@ -16,10 +19,13 @@ from torch import nn
 
 
 class MeanEnsemble(nn.Module):
-    """``count`` copies of the network ``member`` whose class probabilities are averaged.
+    """``count`` copies of the network ``member``, run side by side.
 
-    The output is the log of the mean softmax, so the pipeline's softmax over it gives the mean probability exactly
-    (``softmax(log p) = p`` for a distribution ``p``).
+    The output holds each member's log-softmax, members one after another along the channel axis: shape
+    ``(B, count * C, ...)``. A softmax over that axis (what every runtime applies to a stage's logits, the ONNX export
+    included) gives each member's probabilities divided by ``count`` (``exp(log p) / count`` since each member's
+    probabilities sum to 1), so :func:`~LiverSegLib.pipeline.stage.fold_members` recovers the members' probabilities
+    and their mean exactly.
 
     Args:
         member: the member network's spec, ``{"name": ..., "kwargs": {...}}`` as in a model config.
@@ -46,7 +52,4 @@ class MeanEnsemble(nn.Module):
                 setattr(self, name, getattr(first, name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = torch.stack([torch.softmax(m(x).float(), dim=1) for m in self.members]).mean(dim=0)
-        # log of the mean rather than logsumexp of log-softmaxes: OpenVINO's ONNX reader lacks ReduceLogSumExp here.
-        # The floor only keeps log finite; 1e-30 is far below any probability that changes a label.
-        return torch.log(mean.clamp_min(1e-30))
+        return torch.cat([torch.log_softmax(m(x).float(), dim=1) for m in self.members], dim=1)

@@ -89,10 +89,10 @@ class OnnxStage(SliceStage):
         return self._batch_override or max(1, self.stage.batch_cpu)
 
     def predict(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
-                progress: Callable[[float], None] | None = None) -> StageOutput:
+                progress: Callable[[float], None] | None = None, keep_members: bool = False) -> StageOutput:
         """Probabilities of the slices ``z_indices`` of a normalised volume on this stage's grid (see
         :meth:`~LiverSegLib.pipeline.stage.StageModel.predict`)."""
-        return self._predict_slices(normalized_zyx, z_indices, progress)
+        return self._predict_slices(normalized_zyx, z_indices, progress, keep_members)
 
     def _probabilities(self, batch: np.ndarray) -> np.ndarray:
         ny, nx = batch.shape[-2:]

@@ -26,7 +26,7 @@ from LiverSegLib.pipeline.geometry import labelmap_to_original, needs_resampling
 from LiverSegLib.pipeline.grids import sample_to_native, stage_shape
 from LiverSegLib.pipeline.plausibility import plausibility_warnings
 from LiverSegLib.pipeline.postprocess import largest_component, lesion_table, prune_lesions
-from LiverSegLib.pipeline.stage import SliceStage, StageModel, stage_grid
+from LiverSegLib.pipeline.stage import SliceStage, StageModel, StageOutput, stage_grid
 from LiverSegLib.registry import Registry, load_registry
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL, SegmentationResult, Volume
 
@@ -234,8 +234,11 @@ class Predictor:
         shape = stage_shape(canonical.array_zyx.shape, canonical.spacing_xyz, spacing)
         report("coarse", 0.0)
         grid = stage_grid(canonical.array_zyx, canonical.spacing_xyz, stage, spacing)
-        out = self.coarse.predict(grid, np.arange(shape[0]), lambda f: report("coarse", f))
-        return out.foreground, shape
+        z, progress = np.arange(shape[0]), lambda f: report("coarse", f)
+        if not (self.coarse.stage.members > 1 and self.model.cascade.coarse_member_union):
+            return self.coarse.predict(grid, z, progress).foreground, shape
+        out = self.coarse.predict(grid, z, progress, keep_members=True)
+        return _within_member_livers(out, canonical, self.model.cascade), shape
 
     def _run_fine(self, canonical: Volume, box: Box, report: _Reporter, spacing_override=None,
                   ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -302,6 +305,16 @@ class Predictor:
         records = lesion_table(pruning.components, pruning.max_probability, canonical.array_zyx[box.slices],
                                m @ shift, canonical.voxel_volume_ml, tuple(canonical.spacing_xyz[::-1]))
         return labels, records, (pruning.removed, pruning.removed_voxels)
+
+
+def _within_member_livers(out: StageOutput, canonical: Volume, cascade: CascadeConfig) -> np.ndarray:
+    """The ensemble's mean foreground, zero outside the union of its members' own coarse livers (largest component,
+    cut at necks: :func:`~LiverSegLib.pipeline.box.coarse_liver`); ``CascadeConfig.coarse_member_union``."""
+    assert out.members is not None
+    union = np.zeros(out.foreground.shape, bool)
+    for member in out.members:
+        union |= coarse_liver(member, canonical.array_zyx.shape, canonical.spacing_xyz, cascade)
+    return np.where(union, out.foreground, np.float16(0))
 
 
 def _onnx_engine(stage: StageConfig, runtime: str, device: torch.device) -> str | None:

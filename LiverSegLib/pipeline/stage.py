@@ -112,11 +112,29 @@ class StageOutput:
     """Probabilities of one stage on its grid, as float16.
 
     ``foreground`` = 1 - p(background) (liver and lesion merged); ``lesion`` = p(lesion) or ``None`` for a
-    liver-only stage.
+    liver-only stage. For an ensemble stage both are the members' mean, and ``members`` holds each member's
+    foreground, shape ``(count, *foreground.shape)``, when the caller asked for it (``None`` otherwise).
     """
 
     foreground: np.ndarray
     lesion: np.ndarray | None
+    members: np.ndarray | None = None
+
+
+def fold_members(probs, count: int):
+    """``(mean, member_foregrounds)`` of an ensemble's softmax output.
+
+    ``probs`` is the softmax over the channel axis (axis 1) of :class:`~LiverSegLib.networks.ensemble.MeanEnsemble`'s
+    output, shape ``(B, count * C, ...)``: each member's probabilities divided by ``count``. Returns the members'
+    mean probabilities ``(B, C, ...)`` and each member's foreground ``1 - p(background)``, ``(B, count, ...)``.
+    Works on numpy arrays and torch tensors alike; ``count == 1`` returns ``(probs, None)``.
+    """
+    if count == 1:
+        return probs, None
+    shape = tuple(probs.shape)
+    per_member = probs.reshape(shape[0], count, shape[1] // count, *shape[2:])  # each member's p / count
+    mean = per_member.sum(1) if isinstance(probs, torch.Tensor) else per_member.sum(axis=1)
+    return mean, 1.0 - count * per_member[:, :, 0]
 
 
 class SliceStage:
@@ -145,37 +163,45 @@ class SliceStage:
         return _is_out_of_memory(exc)
 
     def _predict_slices(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
-                        progress: Callable[[float], None] | None) -> StageOutput:
+                        progress: Callable[[float], None] | None, keep_members: bool = False) -> StageOutput:
         """Each chosen slice with its neighbours as channels (slices outside the volume repeat the edge slice)."""
         nz, ny, nx = normalized_zyx.shape
         volume = np.ascontiguousarray(normalized_zyx, dtype=np.float32)
         half = self.stage.context_slices // 2
         offsets = np.arange(-half, half + 1)
+        count = self.stage.members
         fg = np.empty((len(z_indices), ny, nx), np.float16)
         lesion = np.empty_like(fg) if self.lesion_channel is not None else None
+        members = np.empty((count, *fg.shape), np.float16) if keep_members and count > 1 else None
         start = 0
         while start < len(z_indices):
             centres = np.asarray(z_indices[start:start + self.batch_size])
             idx = np.clip(centres[:, None] + offsets[None, :], 0, nz - 1)
             try:
-                probs = self._probabilities(volume[idx])  # (B, C, Y, X)
+                probs = self._probabilities(volume[idx])  # (B, C, Y, X); (B, count * C, Y, X) for an ensemble
             except Exception as exc:  # noqa: BLE001 - each runtime raises its own error type for memory
                 if not self._is_out_of_memory(exc):
                     raise
                 self._shrink_after_out_of_memory()
                 continue  # the same slices again, with a smaller batch (or on the CPU)
+            probs, member_fg = fold_members(probs, count)
+            rows = slice(start, start + len(centres))
             if isinstance(probs, torch.Tensor):  # halved on the device: a quarter of the bytes cross to the host
-                fg[start:start + len(centres)] = (1.0 - probs[:, 0]).half().cpu().numpy()
+                fg[rows] = (1.0 - probs[:, 0]).half().cpu().numpy()
                 if lesion is not None:
-                    lesion[start:start + len(centres)] = probs[:, self.lesion_channel].half().cpu().numpy()
+                    lesion[rows] = probs[:, self.lesion_channel].half().cpu().numpy()
+                if members is not None:
+                    members[:, rows] = member_fg.transpose(0, 1).half().cpu().numpy()
             else:
-                fg[start:start + len(centres)] = 1.0 - probs[:, 0]
+                fg[rows] = 1.0 - probs[:, 0]
                 if lesion is not None:
-                    lesion[start:start + len(centres)] = probs[:, self.lesion_channel]
+                    lesion[rows] = probs[:, self.lesion_channel]
+                if members is not None:
+                    members[:, rows] = member_fg.swapaxes(0, 1)
             start += len(centres)
             if progress is not None:
                 progress(min(1.0, start / len(z_indices)))
-        return StageOutput(fg, lesion)
+        return StageOutput(fg, lesion, members)
 
 
 class StageModel(SliceStage):
@@ -242,16 +268,17 @@ class StageModel(SliceStage):
 
     @torch.inference_mode()
     def predict(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
-                progress: Callable[[float], None] | None = None) -> StageOutput:
+                progress: Callable[[float], None] | None = None, keep_members: bool = False) -> StageOutput:
         """Run the network on the axial slices ``z_indices`` of a normalised volume on this stage's grid.
 
         A 2D/2.5D network sees each slice with its neighbours (slices outside the volume repeat the edge slice); a
         3D network sees the whole grid (sliding windows when it is large). Returns probabilities for the chosen
-        slices only, shape ``(len(z_indices), Y, X)``.
+        slices only, shape ``(len(z_indices), Y, X)``; with ``keep_members``, an ensemble stage also returns each
+        member's foreground (:class:`StageOutput`).
         """
         if self.spatial_dims == 3:
-            return self._predict_3d(normalized_zyx, np.asarray(z_indices), progress)
-        return self._predict_slices(normalized_zyx, z_indices, progress)
+            return self._predict_3d(normalized_zyx, np.asarray(z_indices), progress, keep_members)
+        return self._predict_slices(normalized_zyx, z_indices, progress, keep_members)
 
     def _probabilities(self, batch: np.ndarray) -> torch.Tensor:
         """Softmax of the network over a CPU batch of slice stacks, cropped back from the size-multiple padding."""
@@ -293,7 +320,7 @@ class StageModel(SliceStage):
         self.warnings.append(note)
 
     def _predict_3d(self, normalized_zyx: np.ndarray, z_indices: np.ndarray,
-                    progress: Callable[[float], None] | None) -> StageOutput:
+                    progress: Callable[[float], None] | None, keep_members: bool = False) -> StageOutput:
         """Whole-volume inference of a 3D network (DI2IN) with MONAI's sliding-window inferer.
 
         Windows of ``roi`` voxels (240 x 480 x 480 mm at 3 mm: a whole abdomen in one window for most scans), padded
@@ -319,9 +346,12 @@ class StageModel(SliceStage):
                     raise
                 self._batch_override = 1  # one window at a time already: the next step is the CPU
                 self._shrink_after_out_of_memory()
-        probs = torch.softmax(logits.float(), dim=1)[0][:, torch.from_numpy(z_indices)]
+        probs, member_fg = fold_members(torch.softmax(logits.float(), dim=1), self.stage.members)
+        z = torch.from_numpy(z_indices)
+        probs = probs[0][:, z]
         fg = (1.0 - probs[0]).half().numpy()
         lesion = probs[self.lesion_channel].half().numpy() if self.lesion_channel is not None else None
+        members = member_fg[0][:, z].half().numpy() if keep_members and member_fg is not None else None
         if progress is not None:
             progress(1.0)
-        return StageOutput(fg, lesion)
+        return StageOutput(fg, lesion, members)
