@@ -78,7 +78,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["coarse_liver_weight=0", "fine_inplane_mm=null"]`` -> ``{"coarse_liver_weight": 0, "fine_inplane_mm":
     None}`` (values are JSON); an unknown rule name stops the run."""
     known = set(CascadeConfig().to_dict()) | {"fine_inplane_floor_mm", "fine_inplane_mm", "coarse_liver_weight",
-                                              "coarse_neck_mm", "coarse_neck_min_ml"}
+                                              "coarse_neck_mm", "coarse_neck_min_ml", "coarse_member_union"}
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
