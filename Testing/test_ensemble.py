@@ -194,3 +194,32 @@ def test_the_predictor_applies_the_member_union_to_an_ensemble_coarse_stage_only
     predictor.model = replace(predictor.model, cascade=CascadeConfig(coarse_member_union=False))
     plain = predictor._run_coarse(canonical, _Reporter(None))[0]
     assert np.abs(plain.astype(np.float32) - mean).max() < 2e-3
+
+
+def test_a_3d_ensemble_stage_gives_its_members_and_their_mean():
+    """DI2IN members (3D, sliding windows): the same folding as the slice stages."""
+    from LiverSegLib.config import NetworkSpec, StageConfig
+    from LiverSegLib.networks import DI2IN
+
+    kwargs = {"in_channels": 1, "out_channels": 2, "features": [4, 8, 16], "branch_levels": [2, 1, 0]}
+    spec = {"name": "DI2IN", "kwargs": kwargs}
+
+    def stage(network: NetworkSpec) -> StageConfig:
+        return StageConfig(network, "x.pt", "0" * 64, (0, 1), (-160.0, 240.0), context_slices=1, batch_cpu=1)
+
+    torch.manual_seed(0)
+    members = [DI2IN(**kwargs).eval(), DI2IN(**kwargs).eval()]
+    ensemble = MeanEnsemble(spec, 2).eval()
+    for target, source in zip(ensemble.members, members, strict=True):
+        target.load_state_dict(source.state_dict())
+    grid = np.random.default_rng(1).uniform(-1, 1, (16, 24, 20)).astype(np.float32)
+    z = np.arange(3, 13)
+    cpu = torch.device("cpu")
+    singles = [StageModel.from_network(stage(NetworkSpec("DI2IN", kwargs)), m, cpu).predict(grid, z) for m in members]
+    ens_stage = stage(NetworkSpec("MeanEnsemble", {"member": spec, "count": 2}))
+    out = StageModel.from_network(ens_stage, ensemble, cpu).predict(grid, z, keep_members=True)
+    assert np.abs(singles[0].foreground.astype(np.float32) - singles[1].foreground).max() > 0.01
+    for i in range(2):
+        assert np.abs(out.members[i].astype(np.float32) - singles[i].foreground).max() < 2e-3
+    mean = (singles[0].foreground.astype(np.float32) + singles[1].foreground) / 2
+    assert np.abs(out.foreground.astype(np.float32) - mean).max() < 2e-3

@@ -125,16 +125,21 @@ def fold_members(probs, count: int):
     """``(mean, member_foregrounds)`` of an ensemble's softmax output.
 
     ``probs`` is the softmax over the channel axis (axis 1) of :class:`~LiverSegLib.networks.ensemble.MeanEnsemble`'s
-    output, shape ``(B, count * C, ...)``: each member's probabilities divided by ``count``. Returns the members'
-    mean probabilities ``(B, C, ...)`` and each member's foreground ``1 - p(background)``, ``(B, count, ...)``.
-    Works on numpy arrays and torch tensors alike; ``count == 1`` returns ``(probs, None)``.
+    output, shape ``(B, count * C, ...)``: each member's probabilities divided by ``count``. Each member's group is
+    normalised again (exact for a 2D/2.5D stage already; for a 3D stage, whose sliding windows blend the logits, it
+    is each member's softmax of its blended logits). Returns the members' mean probabilities ``(B, C, ...)`` and
+    each member's foreground ``1 - p(background)``, ``(B, count, ...)``. Works on numpy arrays and torch tensors
+    alike; ``count == 1`` returns ``(probs, None)``.
     """
     if count == 1:
         return probs, None
     shape = tuple(probs.shape)
-    per_member = probs.reshape(shape[0], count, shape[1] // count, *shape[2:])  # each member's p / count
-    mean = per_member.sum(1) if isinstance(probs, torch.Tensor) else per_member.sum(axis=1)
-    return mean, 1.0 - count * per_member[:, :, 0]
+    per_member = probs.reshape(shape[0], count, shape[1] // count, *shape[2:])
+    if isinstance(probs, torch.Tensor):
+        per_member = per_member / per_member.sum(2, keepdim=True)
+        return per_member.mean(1), 1.0 - per_member[:, :, 0]
+    per_member = per_member / per_member.sum(axis=2, keepdims=True)
+    return per_member.mean(axis=1), 1.0 - per_member[:, :, 0]
 
 
 class SliceStage:
