@@ -9,7 +9,6 @@ coarse livers (``CascadeConfig.coarse_member_union``; Resources/MODEL_CARD_han-l
 one module keeps a stage one checkpoint (one sha256, loaded with ``weights_only=True``) and one ONNX graph.
 """
 
-
 from __future__ import annotations
 
 from typing import Any
