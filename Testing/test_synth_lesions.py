@@ -216,3 +216,20 @@ def test_subcapsular_lesions_reach_the_liver_surface(phantom, edge: float, touch
 def test_edge_probability_outside_0_1_is_refused() -> None:
     with pytest.raises(ValueError, match="edge_probability"):
         LesionSynthesisConfig(edge_probability=1.5)
+
+
+def test_a_precomputed_depth_gives_the_same_lesions_and_a_wrong_one_is_refused(phantom):
+    from LiverSegLib.training.synth_lesions import liver_depth
+
+    image, label, spacing = phantom
+    config = LesionSynthesisConfig(rim_probability=0.5, edge_probability=0.5)
+    depth = liver_depth(label, spacing)
+    box = ndimage.find_objects(((label == 1) | (label == 2)).astype(np.uint8))[0]
+    assert depth.shape == tuple(s.stop - s.start for s in box) and depth.max() > 5.0 and depth.min() == 0.0
+    for seed in (0, 3):
+        a = synthesize_lesions(image, label, spacing, config, np.random.default_rng(seed))
+        b = synthesize_lesions(image, label, spacing, config, np.random.default_rng(seed), depth=depth)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and (a[1] == 2).any()
+    with pytest.raises(ValueError, match="does not fit this label's liver box"):
+        synthesize_lesions(image, label, spacing, config, np.random.default_rng(0), depth=depth[1:])
+    assert liver_depth(np.zeros_like(label), spacing) is None

@@ -49,9 +49,9 @@ class CaseStream:
 class SynthLesionCache:
     """Keeps one synthetic-lesion version of each case's liver region, renewed after ``reuse`` draws.
 
-    Synthesising lesions needs a distance transform of the liver, too slow to repeat for every 2D sample; a version
-    is therefore drawn ``reuse`` times before a new one replaces it. Only the liver's bounding box (plus a margin) is
-    stored per case.
+    Synthesising lesions needs a distance transform of the liver, too slow to repeat for every 2D sample: it is
+    computed once per case (the label does not change), and a version is drawn ``reuse`` times before a new one
+    replaces it. Only the liver's bounding box (plus a margin) is stored per case.
     """
 
     def __init__(self, cfg: dict[str, Any], rng: np.random.Generator, lesion_label: int = 2) -> None:
@@ -65,6 +65,8 @@ class SynthLesionCache:
         self.rng = rng
         self.lesion_label = lesion_label  # 1 for a liver-only stage: its lesions are liver
         self._store: dict[int, tuple[tuple[slice, ...], np.ndarray, np.ndarray, int]] = {}
+        # each case's liver depth map, computed once: the distance transform is most of a synthesis' cost
+        self._depth: dict[int, np.ndarray | None] = {}
 
     def get(self, index: int, case: PreparedCase) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
         """``(box, image, label)`` to paste over the case, or ``None`` to use the case as it is."""
@@ -72,15 +74,15 @@ class SynthLesionCache:
             return None
         entry = self._store.get(index)
         if entry is None or entry[3] >= self.reuse:
-            entry = self._make(case)
+            entry = self._make(index, case)
             if entry is None:
                 return None
         box, image, label, uses = entry
         self._store[index] = (box, image, label, uses + 1)
         return box, image, label
 
-    def _make(self, case: PreparedCase):
-        from LiverSegLib.training.synth_lesions import synthesize_lesions
+    def _make(self, index: int, case: PreparedCase):
+        from LiverSegLib.training.synth_lesions import liver_depth, synthesize_lesions
 
         nz = np.nonzero(is_liver(np.asarray(case.label)))
         if len(nz[0]) == 0:
@@ -88,8 +90,11 @@ class SynthLesionCache:
         pad = [int(np.ceil(10.0 / s)) for s in case.spacing_xyz[::-1]]  # 10 mm around the liver
         box = tuple(slice(max(0, int(a.min()) - p), min(n, int(a.max()) + 1 + p))
                     for a, p, n in zip(nz, pad, case.label.shape, strict=True))
-        image, label = synthesize_lesions(np.asarray(case.image[box], np.float32), np.asarray(case.label[box]),
-                                          case.spacing_xyz, self.config, self.rng)
+        label = np.asarray(case.label[box])
+        if index not in self._depth:
+            self._depth[index] = liver_depth(label, case.spacing_xyz)
+        image, label = synthesize_lesions(np.asarray(case.image[box], np.float32), label, case.spacing_xyz,
+                                          self.config, self.rng, depth=self._depth[index])
         label = label.astype(np.uint8)
         if self.lesion_label != 2:
             label[label == 2] = self.lesion_label

@@ -46,7 +46,7 @@ from scipy import ndimage
 
 from LiverSegLib.types import LESION_LABEL, LIVER_LABEL
 
-__all__ = ["LesionSynthesisConfig", "synthesize_lesions", "RandSynthLesiond"]
+__all__ = ["LesionSynthesisConfig", "liver_depth", "synthesize_lesions", "RandSynthLesiond"]
 
 _MIN_LIVER_VOXELS = 64  # below a 4x4x4 cube there is no room for a lesion with a margin
 _MAX_WARP_STRETCH = 0.5  # largest Jacobian norm of the displacement field (see _paint_one)
@@ -215,12 +215,34 @@ def _paint_one(img: np.ndarray, weight: np.ndarray, orig: np.ndarray, liver: np.
     return True
 
 
+def _liver(label: np.ndarray) -> np.ndarray:
+    # Liver and lesion only: a training label also marks the organs next to the liver (HARD_NEGATIVE_LABEL), and
+    # a lesion painted there would teach the network that kidney or stomach is liver.
+    return (label == LIVER_LABEL) | (label == LESION_LABEL)
+
+
+def liver_depth(label_zyx: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarray | None:
+    """Depth (mm) below the liver surface of every voxel of the liver's bounding box in ``label_zyx`` (0 outside the
+    liver; the box border counts as surface), or ``None`` without liver.
+
+    :func:`synthesize_lesions` computes it on every call; a caller that paints the same label many times (the
+    training samplers) computes it once and passes it as ``depth``: the distance transform is most of the cost.
+    """
+    liver = _liver(np.asarray(label_zyx))
+    if not liver.any():
+        return None
+    spacing = np.asarray(spacing_xyz, dtype=np.float64)[::-1]
+    bbox = ndimage.find_objects(liver.astype(np.uint8))[0]
+    return ndimage.distance_transform_edt(np.pad(liver[bbox], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+
+
 def synthesize_lesions(
     image_zyx: np.ndarray,
     label_zyx: np.ndarray,
     spacing_xyz: Sequence[float],
     config: LesionSynthesisConfig | None = None,
     rng: np.random.Generator | None = None,
+    depth: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Insert random synthetic lesions into the liver of a CT and its labelmap.
 
@@ -231,6 +253,8 @@ def synthesize_lesions(
         spacing_xyz: voxel size in mm of array axes 2, 1, 0.
         config: what to draw; default :class:`LesionSynthesisConfig()`.
         rng: random generator; the same generator state gives identical outputs. Default: a fresh unseeded one.
+        depth: :func:`liver_depth` of this label and spacing, computed once by a caller that paints the same label
+            again and again (the result is the same as without it); ``None``: computed here.
 
     Returns:
         ``(image, label)``: new arrays (the inputs are never modified). The image is floating point (float32 for
@@ -239,7 +263,8 @@ def synthesize_lesions(
         gives unchanged copies.
 
     Raises:
-        ValueError: image and label of different shapes, not 3D, or a spacing that is not 3 positive numbers.
+        ValueError: image and label of different shapes, not 3D, a spacing that is not 3 positive numbers, or a
+            ``depth`` that does not fit the label's liver box.
     """
     image, label = np.asarray(image_zyx), np.asarray(label_zyx)
     if image.ndim != 3 or image.shape != label.shape:
@@ -251,18 +276,18 @@ def synthesize_lesions(
     rng = rng if rng is not None else np.random.default_rng()
     out_img = image.astype(image.dtype if np.issubdtype(image.dtype, np.floating) else np.float32, copy=True)
     out_lab = label.copy()
-    # Liver and lesion only: a training label also marks the organs next to the liver (HARD_NEGATIVE_LABEL), and
-    # a lesion painted there would teach the network that kidney or stomach is liver.
-    liver = (label == LIVER_LABEL) | (label == LESION_LABEL)
+    liver = _liver(label)
     if rng.random() >= cfg.probability or np.count_nonzero(liver) < _MIN_LIVER_VOXELS:
         return out_img, out_lab
 
     # Work on the liver's bounding box only: lesions never leave the liver. Depth of every liver voxel below the
-    # liver surface (mm); the zero padding makes the image border count as surface (a lesion centred there would be
-    # cut by the field of view).
+    # liver surface (mm); the box border counts as surface (a lesion centred there would be cut by the field of view).
     bbox = ndimage.find_objects(liver.astype(np.uint8))[0]
     liver_c, orig_c, lab_c, img_c = liver[bbox], image[bbox], label[bbox], out_img[bbox]  # img_c: a view
-    depth = ndimage.distance_transform_edt(np.pad(liver_c, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    if depth is None:
+        depth = liver_depth(label, spacing_xyz)
+    elif depth.shape != liver_c.shape:
+        raise ValueError(f"depth of shape {depth.shape} does not fit this label's liver box {liver_c.shape}")
     deepest = float(depth.max())
     parenchyma = orig_c[lab_c == LIVER_LABEL] if np.any(lab_c == LIVER_LABEL) else orig_c[liver_c]
     global_level = float(np.median(parenchyma))
