@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from LiverSegLib.registry import Registry
 from LiverSegLib.training import release_di2in, release_weights
@@ -93,3 +94,12 @@ def test_di2in_refresh_rewrites_rules_and_accuracy_not_stages(tmp_path):
     assert acc["ircadb1_19"]["liver_dice"] == 0.8123 and acc["lits117"]["lesion_recall"] is None
     assert "not trained: ts_example_ct, ts_example_dicom" in acc["method"]
     assert Registry([catalogue]).get("di2in-an-liver").id == "di2in-an-liver"  # still a valid catalogue
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_release_training_refuses_cuda_where_there_is_none_in_one_line(tmp_path):
+    from LiverSegLib.training.release_weights import main
+
+    with pytest.raises(SystemExit, match=r"^error: --device cuda was requested but no CUDA GPU is available here"):
+        main(["--out", str(tmp_path / "out"), "--device", "cuda"])
+    assert not (tmp_path / "out").exists()  # refused before anything was written

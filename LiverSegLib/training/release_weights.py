@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from LiverSegLib.config import CascadeConfig, ModelConfig, StageConfig
+from LiverSegLib.errors import InputError
 from LiverSegLib.training import demo_weights
 from LiverSegLib.training.cases import PreparedCase, prepare_case
 from LiverSegLib.training.organs import to_training_label
@@ -288,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="give the coarse stage synthetic lesions too, with these entries over the fine stage's "
                         "defaults ('{}': the defaults)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default="cpu", help="where the networks train: cpu (default) or cuda[:N]; the samples "
+                                                     "are always made on the CPU")
     p.add_argument("--catalogue", type=Path, metavar="MODELS_JSON",
                    help="no training: copy --out's weights into the catalogue's weights folder and make this model "
                         "the catalogue's default, quoting the loo_*.json results under --release-dir")
@@ -303,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
+    from LiverSegLib.pipeline.predictor import resolve_device
+
+    try:
+        device = resolve_device(args.device)
+    except InputError as exc:
+        raise SystemExit(f"error: {exc}") from None
     pool = args.pool or home_dir() / "pool"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -322,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out / f"run_{role}"
         meta = {"role": role, "leave_out": args.leave_out, "cases": [c.name for c in cases]}
         resume = args.resume and (run_dir / "training_state.pt").is_file()
-        Trainer(cfg, cases, [], run_dir, torch.device("cpu"), bar=False, resume=resume, metadata=meta).run()
+        Trainer(cfg, cases, [], run_dir, device, bar=False, resume=resume, metadata=meta).run()
         os.replace(run_dir / "model.pt", target)
     print(json.dumps({"train_seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     if args.leave_out:
