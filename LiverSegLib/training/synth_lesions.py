@@ -231,9 +231,12 @@ def liver_depth(label_zyx: np.ndarray, spacing_xyz: Sequence[float]) -> np.ndarr
     liver = _liver(np.asarray(label_zyx))
     if not liver.any():
         return None
-    spacing = np.asarray(spacing_xyz, dtype=np.float64)[::-1]
     bbox = ndimage.find_objects(liver.astype(np.uint8))[0]
-    depth = ndimage.distance_transform_edt(np.pad(liver[bbox], 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return _depth(liver[bbox], np.asarray(spacing_xyz, dtype=np.float64)[::-1])
+
+
+def _depth(liver_box: np.ndarray, spacing_zyx: np.ndarray) -> np.ndarray:
+    depth = ndimage.distance_transform_edt(np.pad(liver_box, 1), sampling=spacing_zyx)[1:-1, 1:-1, 1:-1]
     return depth.astype(np.float32)  # 1e-5 mm is plenty; a sampler keeps one per case (half the memory of float64)
 
 
@@ -286,7 +289,7 @@ def synthesize_lesions(
     bbox = ndimage.find_objects(liver.astype(np.uint8))[0]
     liver_c, orig_c, lab_c, img_c = liver[bbox], image[bbox], label[bbox], out_img[bbox]  # img_c: a view
     if depth is None:
-        depth = liver_depth(label, spacing_xyz)
+        depth = _depth(liver_c, spacing)
     elif depth.shape != liver_c.shape:
         raise ValueError(f"depth of shape {depth.shape} does not fit this label's liver box {liver_c.shape}")
     deepest = float(depth.max())
