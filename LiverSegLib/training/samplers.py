@@ -65,8 +65,9 @@ class SynthLesionCache:
         self.rng = rng
         self.lesion_label = lesion_label  # 1 for a liver-only stage: its lesions are liver
         self._store: dict[int, tuple[tuple[slice, ...], np.ndarray, np.ndarray, int]] = {}
-        # each case's liver depth map, computed once: the distance transform is most of a synthesis' cost
-        self._depth: dict[int, np.ndarray | None] = {}
+        # each case's liver box and depth map, computed once (the label does not change): the distance transform is
+        # most of a synthesis' cost, and finding the liver scans the whole case
+        self._region: dict[int, tuple[tuple[slice, ...], np.ndarray | None] | None] = {}
 
     def get(self, index: int, case: PreparedCase) -> tuple[tuple[slice, ...], np.ndarray, np.ndarray] | None:
         """``(box, image, label)`` to paste over the case, or ``None`` to use the case as it is."""
@@ -82,7 +83,24 @@ class SynthLesionCache:
         return box, image, label
 
     def _make(self, index: int, case: PreparedCase):
-        from LiverSegLib.training.synth_lesions import liver_depth, synthesize_lesions
+        from LiverSegLib.training.synth_lesions import synthesize_lesions
+
+        if index not in self._region:
+            self._region[index] = self._liver_region(case)
+        if self._region[index] is None:
+            return None
+        box, depth = self._region[index]
+        image, label = synthesize_lesions(np.asarray(case.image[box], np.float32), np.asarray(case.label[box]),
+                                          case.spacing_xyz, self.config, self.rng, depth=depth)
+        label = label.astype(np.uint8)
+        if self.lesion_label != 2:
+            label[label == 2] = self.lesion_label
+        return box, image.astype(np.float32), label, 0
+
+    @staticmethod
+    def _liver_region(case: PreparedCase) -> tuple[tuple[slice, ...], np.ndarray | None] | None:
+        """The liver's box + 10 mm in ``case`` and the liver depth map inside it, or ``None`` without liver."""
+        from LiverSegLib.training.synth_lesions import liver_depth
 
         nz = np.nonzero(is_liver(np.asarray(case.label)))
         if len(nz[0]) == 0:
@@ -90,15 +108,7 @@ class SynthLesionCache:
         pad = [int(np.ceil(10.0 / s)) for s in case.spacing_xyz[::-1]]  # 10 mm around the liver
         box = tuple(slice(max(0, int(a.min()) - p), min(n, int(a.max()) + 1 + p))
                     for a, p, n in zip(nz, pad, case.label.shape, strict=True))
-        label = np.asarray(case.label[box])
-        if index not in self._depth:
-            self._depth[index] = liver_depth(label, case.spacing_xyz)
-        image, label = synthesize_lesions(np.asarray(case.image[box], np.float32), label, case.spacing_xyz,
-                                          self.config, self.rng, depth=self._depth[index])
-        label = label.astype(np.uint8)
-        if self.lesion_label != 2:
-            label[label == 2] = self.lesion_label
-        return box, image.astype(np.float32), label, 0
+        return box, liver_depth(np.asarray(case.label[box]), case.spacing_xyz)
 
 
 def _read(case: PreparedCase, synth, zs: np.ndarray, ys: slice, xs: slice) -> tuple[np.ndarray, np.ndarray]:
