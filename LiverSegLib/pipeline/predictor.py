@@ -226,6 +226,31 @@ class Predictor:
             },
         )
 
+    def coarse_livers(self, volume: Volume) -> tuple[Volume, Volume]:
+        """The coarse stage's liver on ``volume``'s grid: its largest 3D component, and the same after the neck cut.
+
+        What the cut takes off (``CascadeConfig.coarse_neck_mm``; both equal when the rule is off) is tissue the
+        coarse network joined to the liver that the cascade then decided is not liver, such as the heart above the
+        dome: :mod:`~LiverSegLib.training.pseudo_labels` uses it as a hard negative.
+
+        Raises:
+            InputError: for a volume :meth:`predict` would refuse, or an oblique one (resample it to axial first).
+        """
+        check_segmentable(volume)
+        if needs_resampling(volume):
+            raise InputError("the coarse livers need an axial volume; resample the oblique scan first")
+        canonical, orientation = to_canonical(volume)
+        coarse_fg, shape = self._run_coarse(canonical, _Reporter(None))
+        native = canonical.array_zyx.shape
+        whole = largest_component(coarse_fg >= self.model.cascade.coarse_threshold)
+        cut = coarse_liver(coarse_fg, native, canonical.spacing_xyz, self.model.cascade)
+        scale = np.asarray(native, float) / np.asarray(shape, float)
+        out = []
+        for mask in (whole, cut):
+            on_native = sample_to_native(mask.astype(np.float32), (0, 0, 0), scale, Box.whole(native, "")) >= 0.5
+            out.append(volume.with_array(np.ascontiguousarray(orientation.invert(on_native.astype(np.uint8)))))
+        return out[0], out[1]
+
     # ------------------------------------------------------------------ stages
     def _run_coarse(self, canonical: Volume, report: _Reporter, spacing_override=None,
                     ) -> tuple[np.ndarray, tuple[int, int, int]]:

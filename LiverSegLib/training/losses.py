@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: N812 - torch convention
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
-from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, IGNORE_LABEL
 
 __all__ = ["HAN_CLASS_WEIGHTS", "LOSS_NAMES", "CompositeLoss", "DeepSupervisionLoss", "FocalTverskyLoss",
            "WeightedCrossEntropy", "adversarial_d_loss", "adversarial_g_loss", "build_loss", "log_class_weights"]
@@ -34,8 +34,9 @@ __all__ = ["HAN_CLASS_WEIGHTS", "LOSS_NAMES", "CompositeLoss", "DeepSupervisionL
 HAN_CLASS_WEIGHTS: tuple[float, float, float] = (0.2, 1.2, 2.2)
 
 
-def _labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Check shapes and return the target as a ``(N, *spatial)`` long tensor."""
+def _labels(logits: torch.Tensor, target: torch.Tensor, allow_ignore: bool = False) -> torch.Tensor:
+    """Check shapes and return the target as a ``(N, *spatial)`` long tensor (``allow_ignore``: voxels labelled
+    :data:`~LiverSegLib.training.organs.IGNORE_LABEL` become 0; the caller must give them no weight)."""
     if logits.ndim < 3:
         raise ValueError(f"logits must be (N, C, *spatial), got shape {tuple(logits.shape)}")
     if target.ndim == logits.ndim and target.shape[1] == 1:
@@ -43,6 +44,12 @@ def _labels(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if target.shape != logits.shape[:1] + logits.shape[2:]:
         raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
     target = target.long()
+    ignored = target == IGNORE_LABEL
+    if bool(ignored.any()):
+        if not allow_ignore:
+            raise ValueError(f"label value {IGNORE_LABEL} (ignored voxels of pseudo-labels) is only supported by "
+                             "the weighted cross-entropy")
+        target = torch.where(ignored, torch.zeros_like(target), target)
     # a hard-negative voxel (organs.HARD_NEGATIVE_LABEL) is background for every loss; only the weighted
     # cross-entropy gives it extra weight (it looks at the raw target first)
     return torch.where(target == HARD_NEGATIVE_LABEL, torch.zeros_like(target), target)
@@ -143,13 +150,17 @@ class WeightedCrossEntropy(nn.Module):
         return None if self.class_weights is None else self._truncated(self.class_weights, num_classes)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        hard = (target[:, 0] if target.ndim == logits.ndim else target) == HARD_NEGATIVE_LABEL
-        target = _labels(logits, target)
+        raw = target[:, 0] if target.ndim == logits.ndim else target
+        hard, ignored = raw == HARD_NEGATIVE_LABEL, raw == IGNORE_LABEL
+        target = _labels(logits, target, allow_ignore=True)
         weight = self.weights_for(target, logits.shape[1])
         weight = None if weight is None else weight.to(logits.dtype)
-        if self.hard_negative_weight != 1.0 and bool(hard.any()):
+        use_hard = self.hard_negative_weight != 1.0 and bool(hard.any())
+        if use_hard or bool(ignored.any()):
             voxel_w = (weight[target] if weight is not None else torch.ones_like(target, dtype=logits.dtype))
-            voxel_w = torch.where(hard, voxel_w * self.hard_negative_weight, voxel_w)
+            if use_hard:
+                voxel_w = torch.where(hard, voxel_w * self.hard_negative_weight, voxel_w)
+            voxel_w = torch.where(ignored, torch.zeros_like(voxel_w), voxel_w)  # no supervision there
             ce = F.cross_entropy(logits, target, reduction="none")
             if self.normalization == "weights":
                 return (voxel_w * ce).sum() / voxel_w.sum().clamp_min(1e-12)

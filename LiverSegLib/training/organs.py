@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["ORGANS", "ORGAN_NAMES", "HARD_NEGATIVE_ORGANS", "HARD_NEGATIVE_LABEL", "to_training_label",
+__all__ = ["ORGANS", "ORGAN_NAMES", "HARD_NEGATIVE_ORGANS", "HARD_NEGATIVE_LABEL", "IGNORE_LABEL", "to_training_label",
            "hard_negative_mask", "is_liver"]
 
 #: name -> value. 0 is outside the body (air); BODY is tissue inside the skin not covered by another structure.
@@ -46,6 +46,10 @@ HARD_NEGATIVE_ORGANS: tuple[int, ...] = tuple(ORGANS[n] for n in (
 
 #: A training-label value meaning "background, and a hard one": the loss treats it as class 0 with extra weight.
 HARD_NEGATIVE_LABEL = 3
+
+#: A training-label value meaning "no supervision here" (an uncertain pseudo-label voxel): the weighted
+#: cross-entropy gives it weight 0; the other losses refuse it.
+IGNORE_LABEL = 255
 
 
 def to_training_label(organ_map: np.ndarray, with_lesion: bool = True, hard_negatives: bool = False) -> np.ndarray:

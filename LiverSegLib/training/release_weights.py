@@ -288,6 +288,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--coarse-synth-lesions", type=json.loads, default=None, metavar="JSON",
                    help="give the coarse stage synthetic lesions too, with these entries over the fine stage's "
                         "defaults ('{}': the defaults)")
+    p.add_argument("--pseudo", type=Path, default=None, metavar="DIR",
+                   help="pseudo-labelled unlabelled series (training.pseudo_labels) for the coarse stage; for a fold "
+                        "their teachers must not have seen the held-out case")
+    p.add_argument("--pseudo-exclude", nargs="*", default=[], metavar="SERIES",
+                   help="pseudo-labelled series left out (rejected when their pseudo-labels were looked at)")
+    p.add_argument("--pseudo-weight", type=float, default=2.0,
+                   help="sampling weight of each pseudo-labelled patient (a real case: 3)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="where the networks train: cpu (default) or cuda[:N]; the samples "
                                                      "are always made on the CPU")
@@ -312,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         device = resolve_device(args.device)
     except InputError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if args.pseudo is not None:  # refuse unusable pseudo-labels before anything trains
+        from LiverSegLib.training.pseudo_labels import load_records
+
+        try:
+            load_records(args.pseudo, args.leave_out, args.pseudo_exclude)
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from None
     pool = args.pool or home_dir() / "pool"
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -327,9 +341,19 @@ def main(argv: list[str] | None = None) -> int:
         real_weight = sum(c.weight for c in cases)
         cases += pool_cases(pool / ("coarse" if role == "coarse" else "native"), cfg.stage, args.leave_out,
                             real_weight)
+        if args.pseudo is not None and role == "coarse":  # liver labels only: the fine stage learns lesions too
+            from LiverSegLib.training.pseudo_labels import pseudo_cases
+
+            try:
+                cases += pseudo_cases(args.pseudo, cfg.stage, args.pseudo_weight, args.leave_out,
+                                      exclude=args.pseudo_exclude)
+            except (OSError, ValueError) as exc:
+                raise SystemExit(f"error: {exc}") from None
         print(f"{role}: {len(cases)} cases ({sum(c.name.startswith('synth:') for c in cases)} synthetic)", flush=True)
         run_dir = args.out / f"run_{role}"
-        meta = {"role": role, "leave_out": args.leave_out, "cases": [c.name for c in cases]}
+        meta = {"role": role, "leave_out": args.leave_out, "cases": [c.name for c in cases],
+                "pseudo": str(args.pseudo) if args.pseudo is not None and role == "coarse" else None,
+                "pseudo_exclude": args.pseudo_exclude}
         resume = args.resume and (run_dir / "training_state.pt").is_file()
         Trainer(cfg, cases, [], run_dir, device, bar=False, resume=resume, metadata=meta).run()
         os.replace(run_dir / "model.pt", target)
