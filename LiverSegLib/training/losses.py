@@ -113,6 +113,9 @@ class WeightedCrossEntropy(nn.Module):
             spleen, kidneys, stomach, heart, muscle...); they count as class 0. 1 (default) treats them as plain
             background.
 
+    Voxels labelled :data:`~LiverSegLib.training.organs.IGNORE_LABEL` (uncertain pseudo-labels) get weight 0; with
+    ``normalization="voxels"`` they still count in the denominator.
+
     Example::
 
         loss = WeightedCrossEntropy()(torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8)))

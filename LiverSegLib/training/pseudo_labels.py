@@ -77,7 +77,9 @@ def consensus_label(livers: list[np.ndarray], cut_off: list[np.ndarray], spacing
 
 
 def teacher_masks(teacher_dir: Path, ct: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """One teacher's final liver (lesions included) and the coarse liver its neck cut took off, on ``ct``'s grid."""
+    """One teacher's final liver (lesions included) and the coarse liver its neck cut took off, on ``ct``'s grid
+    (the coarse stage runs twice, once inside :meth:`~LiverSegLib.pipeline.predictor.Predictor.predict`: about a
+    second more per teacher and series, kept for the predictor's API staying as it is)."""
     from LiverSegLib.pipeline.predictor import Predictor
     from LiverSegLib.training.release_weights import fold_model
 
@@ -186,9 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, type=Path, help="folder for <series>.nii.gz and <series>.json")
     p.add_argument("--teacher", required=True, action="append", type=Path,
                    help="a folder with han_liver_coarse.pt and han_liver_fine.pt (repeat for a consensus)")
-    p.add_argument("--series-dir", type=Path, default=Path(__file__).resolve().parents[2].parent / "shared" / "data"
-                   / "hcc_tace_unlabelled", help="folder of unlabelled series (default ../shared/data/"
-                                                  "hcc_tace_unlabelled)")
+    p.add_argument("--series-dir", type=Path, default=None,
+                   help="folder of unlabelled series (default ../shared/data/hcc_tace_unlabelled)")
     p.add_argument("--series", nargs="*", help="only these series (names without .nii.gz)")
     p.add_argument("--band-mm", type=float, default=2.0)
     p.add_argument("--threads", type=int, default=None)
@@ -200,9 +201,17 @@ def main(argv: list[str] | None = None) -> int:
     for t in args.teacher:
         if not all((t / f"han_liver_{r}.pt").is_file() for r in ("coarse", "fine")):
             raise SystemExit(f"error: {t} lacks han_liver_coarse.pt or han_liver_fine.pt")
+    if args.series_dir is None:
+        from LiverSegLib.data.samples import shared_data_dir
+
+        if shared_data_dir() is None:
+            raise SystemExit("error: no ../shared/data beside this checkout; give --series-dir")
+        args.series_dir = shared_data_dir() / "hcc_tace_unlabelled"
     paths = list_unlabelled_series(args.series_dir)
     if args.series:
         paths = [q for q in paths if q.name.split(".")[0] in set(args.series)]
+    if not paths:
+        raise SystemExit(f"error: no unlabelled series to label in {args.series_dir}")
     for path in paths:
         record = write_pseudo_label(path, read_unlabelled(path), args.teacher, args.out, args.band_mm)
         print(json.dumps({k: record[k] for k in ("series", "teacher_liver_ml", "teacher_cut_off_ml", "label_ml",
