@@ -10,7 +10,7 @@ import torch
 
 from LiverSegLib.registry import Registry
 from LiverSegLib.training import release_di2in, release_weights
-from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, ORGANS
+from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, ORGANS, hard_negative_organs
 from LiverSegLib.training.synth_pool import build_pool, load_pool
 from LiverSegLib.types import Volume
 
@@ -68,6 +68,12 @@ def test_pool_entries_carry_their_source_and_a_fold_drops_its_own(tmp_path):
     assert [c.name for c in cases] == ["synth:ircad1.2-0"] and cases[0].weight == 6.0
     labels = np.unique(np.asarray(cases[0].label))
     assert 1 in labels and set(labels) <= {0, 1, HARD_NEGATIVE_LABEL}  # a liver-only stage: lesions are liver
+    # extra hard negatives (here the bone) are marked on top of the default organs
+    with_bone = release_weights.pool_cases(tmp_path, stage, "ircadb1_19", 6.0,
+                                           hard_negative_organs(["bone"]))[0].label
+    plain = np.asarray(cases[0].label)
+    gained = (np.asarray(with_bone) == HARD_NEGATIVE_LABEL) & (plain != HARD_NEGATIVE_LABEL)
+    assert gained.sum() > 0 and set(np.unique(plain[gained])) == {0}
 
 
 def test_di2in_refresh_rewrites_rules_and_accuracy_not_stages(tmp_path):
@@ -102,4 +108,12 @@ def test_release_training_refuses_cuda_where_there_is_none_in_one_line(tmp_path)
 
     with pytest.raises(SystemExit, match=r"^error: --device cuda was requested but no CUDA GPU is available here"):
         main(["--out", str(tmp_path / "out"), "--device", "cuda"])
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_release_training_refuses_an_unknown_hard_negative_in_one_line(tmp_path):
+    from LiverSegLib.training.release_weights import main
+
+    with pytest.raises(SystemExit, match=r"^error: unknown organ 'gall' \(known: "):
+        main(["--out", str(tmp_path / "out"), "--extra-hard-negatives", "gall"])
     assert not (tmp_path / "out").exists()  # refused before anything was written

@@ -136,6 +136,22 @@ def test_training_label_hard_negatives():
     assert hard == [1, 2, HARD_NEGATIVE_LABEL, 0, HARD_NEGATIVE_LABEL, 0]
 
 
+def test_extra_hard_negative_organs():
+    from LiverSegLib.training.organs import HARD_NEGATIVE_ORGANS, hard_negative_organs
+
+    m = np.array([[[ORG["liver"], ORG["gallbladder"], ORG["portal_vein"], ORG["spleen"], ORG["fat"]]]], np.uint8)
+    assert to_training_label(m, hard_negatives=True).ravel().tolist() == [1, 0, 0, HARD_NEGATIVE_LABEL, 0]
+    extra = hard_negative_organs(["gallbladder", "portal_vein", "spleen"])  # spleen is already one: not repeated
+    assert extra == HARD_NEGATIVE_ORGANS + (ORG["gallbladder"], ORG["portal_vein"])
+    hard = to_training_label(m, hard_negatives=True, negative_organs=extra).ravel().tolist()
+    assert hard == [1, HARD_NEGATIVE_LABEL, HARD_NEGATIVE_LABEL, HARD_NEGATIVE_LABEL, 0]
+    assert hard_negative_organs() == HARD_NEGATIVE_ORGANS
+    with pytest.raises(ValueError, match="unknown organ 'galbladder'"):
+        hard_negative_organs(["galbladder"])
+    with pytest.raises(ValueError, match="'lesion' cannot be a hard negative"):
+        hard_negative_organs(["lesion"])
+
+
 def test_hard_negative_weight_in_loss():
     from LiverSegLib.training.losses import WeightedCrossEntropy, build_loss
 

@@ -8,10 +8,12 @@ and 2 are the segmentation classes themselves (liver, lesion) so a map can be tu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 
 __all__ = ["ORGANS", "ORGAN_NAMES", "HARD_NEGATIVE_ORGANS", "HARD_NEGATIVE_LABEL", "IGNORE_LABEL", "to_training_label",
-           "hard_negative_mask", "is_liver"]
+           "hard_negative_mask", "hard_negative_organs", "is_liver"]
 
 #: name -> value. 0 is outside the body (air); BODY is tissue inside the skin not covered by another structure.
 ORGANS: dict[str, int] = {
@@ -52,17 +54,36 @@ HARD_NEGATIVE_LABEL = 3
 IGNORE_LABEL = 255
 
 
-def to_training_label(organ_map: np.ndarray, with_lesion: bool = True, hard_negatives: bool = False) -> np.ndarray:
+def hard_negative_organs(extra: Iterable[str] = ()) -> tuple[int, ...]:
+    """:data:`HARD_NEGATIVE_ORGANS` plus the organs named in ``extra`` (names of :data:`ORGANS`).
+
+    Raises:
+        ValueError: a name that is not an organ, or one that is the liver or its lesions.
+    """
+    out = list(HARD_NEGATIVE_ORGANS)
+    for name in extra:
+        if name not in ORGANS:
+            raise ValueError(f"unknown organ {name!r} (known: {', '.join(sorted(ORGANS))})")
+        if name in ("liver", "lesion", "background"):
+            raise ValueError(f"{name!r} cannot be a hard negative")
+        if ORGANS[name] not in out:
+            out.append(ORGANS[name])
+    return tuple(out)
+
+
+def to_training_label(organ_map: np.ndarray, with_lesion: bool = True, hard_negatives: bool = False,
+                      negative_organs: tuple[int, ...] = HARD_NEGATIVE_ORGANS) -> np.ndarray:
     """The segmentation label of an organ map: 0 background, 1 liver, 2 lesion (or 1 when ``with_lesion`` is False).
 
-    With ``hard_negatives``, voxels of :data:`HARD_NEGATIVE_ORGANS` get :data:`HARD_NEGATIVE_LABEL`.
+    With ``hard_negatives``, voxels of ``negative_organs`` (default :data:`HARD_NEGATIVE_ORGANS`) get
+    :data:`HARD_NEGATIVE_LABEL`.
     """
     organ_map = np.asarray(organ_map)
     out = np.zeros(organ_map.shape, np.uint8)
     out[organ_map == ORGANS["liver"]] = 1
     out[organ_map == ORGANS["lesion"]] = 2 if with_lesion else 1
     if hard_negatives:
-        out[hard_negative_mask(organ_map)] = HARD_NEGATIVE_LABEL
+        out[hard_negative_mask(organ_map, negative_organs)] = HARD_NEGATIVE_LABEL
     return out
 
 
@@ -71,6 +92,6 @@ def is_liver(label: np.ndarray) -> np.ndarray:
     return (label == 1) | (label == 2)
 
 
-def hard_negative_mask(organ_map: np.ndarray) -> np.ndarray:
-    """Boolean mask of the hard-negative organs of ``organ_map``."""
-    return np.isin(np.asarray(organ_map), HARD_NEGATIVE_ORGANS)
+def hard_negative_mask(organ_map: np.ndarray, negative_organs: tuple[int, ...] = HARD_NEGATIVE_ORGANS) -> np.ndarray:
+    """Boolean mask of the hard-negative organs (default :data:`HARD_NEGATIVE_ORGANS`) of ``organ_map``."""
+    return np.isin(np.asarray(organ_map), negative_organs)

@@ -32,7 +32,7 @@ from LiverSegLib.config import CascadeConfig, ModelConfig, StageConfig
 from LiverSegLib.errors import InputError
 from LiverSegLib.training import demo_weights
 from LiverSegLib.training.cases import PreparedCase, prepare_case
-from LiverSegLib.training.organs import to_training_label
+from LiverSegLib.training.organs import HARD_NEGATIVE_ORGANS, ORGAN_NAMES, hard_negative_organs, to_training_label
 from LiverSegLib.training.train_config import TrainConfig, load_train_config
 from LiverSegLib.types import Volume
 
@@ -118,20 +118,23 @@ def recipe(role: str, steps: int, lr: float, seed: int, synth_lesions: dict[str,
     return TrainConfig.from_dict(raw, source=f"release {role} recipe")
 
 
-def _ts_label(name: str, ct: Volume, liver: Volume) -> Volume:
+def _ts_label(name: str, ct: Volume, liver: Volume,
+              negative_organs: tuple[int, ...] = HARD_NEGATIVE_ORGANS) -> Volume:
     """The TotalSegmentator example's label with its hard-negative organs marked (liver from ``liver``)."""
     from LiverSegLib.data.samples import case_info, fetch_source
     from LiverSegLib.training.mask_sources import read_totalsegmentator_map
 
     info = case_info(name)
     organ = read_totalsegmentator_map(fetch_source(info["source"]) / info["dir"] / info["files"][1], ct=ct)
-    lab = to_training_label(np.asarray(organ.array_zyx), hard_negatives=True)
+    lab = to_training_label(np.asarray(organ.array_zyx), hard_negatives=True, negative_organs=negative_organs)
     lab[np.asarray(liver.array_zyx) > 0] = np.asarray(liver.array_zyx)[np.asarray(liver.array_zyx) > 0]
     return liver.with_array(lab)
 
 
-def real_cases(stage: StageConfig, leave_out: str | None, weight: float = 3.0) -> list[PreparedCase]:
-    """The real labelled CTs minus ``leave_out``, on the stage's grid."""
+def real_cases(stage: StageConfig, leave_out: str | None, weight: float = 3.0,
+               negative_organs: tuple[int, ...] = HARD_NEGATIVE_ORGANS) -> list[PreparedCase]:
+    """The real labelled CTs minus ``leave_out``, on the stage's grid (``negative_organs`` marked where a multi-organ
+    map exists)."""
     from LiverSegLib.data.samples import load_case
 
     cases = []
@@ -144,15 +147,16 @@ def real_cases(stage: StageConfig, leave_out: str | None, weight: float = 3.0) -
             print(f"skipping {name}: {exc}", flush=True)
             continue
         if name.startswith("ts_example"):
-            label = _ts_label(name, ct, label)
+            label = _ts_label(name, ct, label, negative_organs)
         w = weight * (0.3 if name == "dcmqi_3slice" else 1.0)
         cases.append(prepare_case(name, ct, label, stage, w))
     return cases
 
 
 def pool_cases(pool_dir: Path | None, stage: StageConfig, leave_out: str | None,
-               total_weight: float) -> list[PreparedCase]:
-    """Synthetic CTs of the pool (minus those painted from ``leave_out``'s masks), sharing ``total_weight``."""
+               total_weight: float, negative_organs: tuple[int, ...] = HARD_NEGATIVE_ORGANS) -> list[PreparedCase]:
+    """Synthetic CTs of the pool (minus those painted from ``leave_out``'s masks), sharing ``total_weight``, with
+    ``negative_organs`` marked as hard negatives."""
     from LiverSegLib.training.synth_pool import load_pool
 
     if pool_dir is None or not Path(pool_dir).is_dir():
@@ -161,7 +165,8 @@ def pool_cases(pool_dir: Path | None, stage: StageConfig, leave_out: str | None,
     entries = load_pool(Path(pool_dir), exclude)
     out = []
     for name, ct, organs, _ in entries:
-        label = organs.with_array(to_training_label(np.asarray(organs.array_zyx), hard_negatives=True))
+        label = organs.with_array(to_training_label(np.asarray(organs.array_zyx), hard_negatives=True,
+                                                    negative_organs=negative_organs))
         out.append(prepare_case(f"synth:{name}", ct, label, stage, total_weight / max(1, len(entries))))
     return out
 
@@ -295,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="pseudo-labelled series left out (rejected when their pseudo-labels were looked at)")
     p.add_argument("--pseudo-weight", type=float, default=2.0,
                    help="sampling weight of each pseudo-labelled patient (a real case: 3)")
+    p.add_argument("--extra-hard-negatives", nargs="*", default=[], metavar="ORGAN",
+                   help="organs (training.organs names, e.g. gallbladder portal_vein) marked as hard negatives on top "
+                        "of the default set, in every stage this run trains")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="where the networks train: cpu (default) or cuda[:N]; the samples "
                                                      "are always made on the CPU")
@@ -311,6 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(args.out / f"han_liver_{role}.pt", target / f"han_liver_{role}.pt")
         write_catalogue(args.catalogue, target, args.release_dir or args.out.parent)
         return 0
+    try:
+        negatives = hard_negative_organs(args.extra_hard_negatives)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.threads:
         torch.set_num_threads(args.threads)
     from LiverSegLib.pipeline.predictor import resolve_device
@@ -337,10 +349,10 @@ def main(argv: list[str] | None = None) -> int:
         steps = args.coarse_steps if role == "coarse" else args.fine_steps
         cfg = recipe(role, steps, args.lr, args.seed,
                      args.synth_lesions if role == "fine" else args.coarse_synth_lesions)
-        cases = real_cases(cfg.stage, args.leave_out)
+        cases = real_cases(cfg.stage, args.leave_out, negative_organs=negatives)
         real_weight = sum(c.weight for c in cases)
         cases += pool_cases(pool / ("coarse" if role == "coarse" else "native"), cfg.stage, args.leave_out,
-                            real_weight)
+                            real_weight, negatives)
         if args.pseudo is not None and role == "coarse":  # liver labels only: the fine stage learns lesions too
             from LiverSegLib.training.pseudo_labels import pseudo_cases
 
@@ -353,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = args.out / f"run_{role}"
         meta = {"role": role, "leave_out": args.leave_out, "cases": [c.name for c in cases],
                 "pseudo": str(args.pseudo) if args.pseudo is not None and role == "coarse" else None,
-                "pseudo_exclude": args.pseudo_exclude}
+                "pseudo_exclude": args.pseudo_exclude,
+                "hard_negative_organs": [ORGAN_NAMES[v] for v in negatives]}
         resume = args.resume and (run_dir / "training_state.pt").is_file()
         Trainer(cfg, cases, [], run_dir, device, bar=False, resume=resume, metadata=meta).run()
         os.replace(run_dir / "model.pt", target)
