@@ -55,7 +55,7 @@ def test_cli_on_totalsegmentator_example_ct(tmp_path):
     seg = read_volume(out / "segmentation.nii.gz")
     assert seg.same_grid(read_volume(ct_path)) and seg.array_zyx.dtype == np.uint8
     scores = evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    assert scores["liver_dice"] >= 0.88  # measured 0.909 (in-sample, model card)
+    assert scores["liver_dice"] >= 0.88  # measured 0.900 (1.4.0, in-sample, model card)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model"]["id"] == "han-liver"
     assert summary["liver_volume_ml"] == pytest.approx(np.count_nonzero(seg.array_zyx) * ct.voxel_volume_ml, rel=1e-3)
@@ -71,14 +71,14 @@ def test_dicom_series_input_lands_on_the_dicom_grid(tmp_path):
     ct, reference = load_case("ts_example_dicom")
     seg = read_volume(out / "segmentation.nrrd")
     assert seg.same_grid(ct)
-    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.93  # 0.956
+    assert evaluate_case(seg.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])["liver_dice"] >= 0.93  # 0.953
 
 
 def test_lits_case_with_manual_lesions(predictor):
     ct, reference = load_case("lits117")
     result = predictor.predict(ct)
     scores = evaluate_case(result.labelmap.array_zyx, reference.array_zyx, ct.spacing_xyz[::-1])
-    # measured in-sample: liver 0.938, lesion Dice 0.742, recall 0.49, precision 0.84, 38 lesions (model card)
+    # measured in-sample (1.4.0): liver 0.936, lesion Dice 0.786, recall 0.47, precision 0.93, 30 lesions (card)
     assert scores["liver_dice"] >= 0.91
     assert scores["lesion_dice"] >= 0.70
     assert scores["lesion_precision"] >= 0.78

@@ -144,11 +144,11 @@ def write_catalogue(path: Path, weights_dir: Path, release_dir: Path) -> None:
     entry["stages"]["coarse"] = di2in_stage(sha256=sha256_file(weights_dir / WEIGHTS)).to_dict()
     entry["cascade"] = di2in_cascade().to_dict()
     entry.update({"id": "di2in-an-liver", "version": DI2IN_VERSION,
-                  "title": "DI2IN-AN coarse liver model + han-liver fine stage (non-commercial)",
+                  "title": "DI2IN-AN coarse liver model + han-liver 1.3.0 fine stage (non-commercial)",
                   "description": "Yang et al. 2017 DI2IN (3D, deep supervision) at 3 mm, trained on the same real and "
                                  "synthetic CTs as han-liver, then Yang's adversarial phase with 106 manual liver "
-                                 "masks (LiTS, 3D-IRCADb) as the discriminator's real samples; han-liver's fine "
-                                 "stage labels liver and lesions in its box. Research use, not for clinical "
+                                 "masks (LiTS, 3D-IRCADb) as the discriminator's real samples; han-liver 1.3.0's "
+                                 "fine stage labels liver and lesions in its box. Research use, not for clinical "
                                  "decisions.",
                   "accuracy": loo_accuracy(release_dir)})
     data = json.loads(path.read_text())

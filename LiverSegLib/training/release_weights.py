@@ -78,6 +78,9 @@ def cascade() -> CascadeConfig:
     diaphragm on the unseen HCC-TACE-Seg series HCC_006 (0.70 L of heart) and HCC_009 s107 (pieces at the heart
     base); 8 mm is the smallest of 4/6/8/10 mm that cut HCC_006's heart, chosen by looking at those series. It cuts
     nothing on the four leave-one-out cases (their scores are unchanged).
+
+    1.4.0 (new weights, same rules): the coarse stage is the pseudo-label student (``--pseudo``), the fine stage
+    has the gallbladder and portal vein as extra hard negatives (``--extra-hard-negatives``); see the model card.
     """
     return CascadeConfig(margin_mm=(10.0, 10.0, 10.0), min_liver_ml=30.0, fallback_on_inplane_edge=False,
                          coarse_threshold=0.5, lesion_threshold=0.8, coarse_gate_mm=5.0, fine_inplane_mm=1.0,
@@ -218,7 +221,7 @@ def rounded_scores(scores: dict, keys: tuple[str, ...] = SCORE_KEYS) -> dict:
     import math
 
     return {k: (round(float(scores[k]), 4) if math.isfinite(float(scores[k])) else None) for k in keys if k in scores}
-MODEL_VERSION = "1.3.0"
+MODEL_VERSION = "1.4.0"
 
 
 def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: dict[str, float],
@@ -238,14 +241,17 @@ def catalogue_entry(shas: dict[str, str], loo: dict[str, dict], train_seconds: d
         description="Han 2017 coarse-to-fine 2.5D residual U-Net cascade. Trained on four real labelled CTs plus "
                     "synthetic CTs painted from 17 3D-IRCADb multi-organ mask sets and the TotalSegmentator "
                     "example's map (liver shapes from 90 LiTS masks transplanted into half), with the organs "
-                    "around the liver weighted as hard negatives. Research use, not for clinical decisions.",
+                    "around the liver weighted as hard negatives (the fine stage also the gallbladder and portal "
+                    "vein); the coarse stage also learned from filtered pseudo-labels of four unlabelled "
+                    "HCC-TACE-Seg series. Research use, not for clinical decisions.",
         licence="Non-commercial use only (CC BY-NC-SA 4.0): trained on 3D-IRCADb (CC BY-NC-ND 4.0) and LiTS "
                 "(CC BY-NC-SA 4.0) material",
         license="CC-BY-NC-SA-4.0",
         training_data="3D-IRCADb-01 patient 19 CT and masks and 17 3D-IRCADb mask sets (CC BY-NC-ND 4.0); 90 LiTS "
                       "liver masks (CC BY-NC-SA 4.0); LiTS case 117 via liver-ct-segmentation-package (MIT); "
                       "TotalSegmentator example CT, DICOM example and their maps (Apache-2.0; TotalSegmentator "
-                      "predictions); dcmqi 3-slice CT (BSD-style); synthetic CTs painted from these maps",
+                      "predictions); dcmqi 3-slice CT (BSD-style); synthetic CTs painted from these maps; "
+                      "pseudo-labels of 4 TCIA HCC-TACE-Seg series of 2 patients (CC BY 4.0)",
         model_card="Resources/MODEL_CARD_han-liver.md",
         coarse=(stages or {}).get("coarse") or coarse_stage(sha256=shas["coarse"]),
         fine=(stages or {}).get("fine") or fine_stage(sha256=shas["fine"]), cascade=cascade(),
