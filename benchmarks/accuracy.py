@@ -165,6 +165,30 @@ def baseline_rows(model_id: str, cases: list[str]) -> list[dict[str, Any]]:
     return rows
 
 
+def training_cases(weights_dir: Path) -> set[str]:
+    """Every case name the checkpoints in ``weights_dir`` list as training data (ensemble members' too), e.g.
+    ``pseudo:HCC_006_s103`` for a pseudo-labelled series."""
+    from LiverSegLib.weights import load_checkpoint
+
+    names: set[str] = set()
+    for file in WEIGHT_FILES:
+        meta = load_checkpoint(weights_dir / file).get("metadata") or {}
+        for m in [meta, *meta.get("ensemble_of", [])]:
+            names.update(str(c) for c in m.get("cases", []))
+    return names
+
+
+def _patient(series: str) -> str:
+    """``HCC_009`` of ``HCC_009_s103``."""
+    return series.rsplit("_s", 1)[0]
+
+
+def _seen(row: dict[str, Any]) -> str:
+    if row.get("in_training"):
+        return "pseudo-labelled in training"
+    return "series unseen; its patient's other series in training" if row.get("patient_in_training") else "unseen"
+
+
 def overview_rows(weights_dir: Path, series: list[str] | None, results: Path) -> list[dict[str, Any]]:
     """Segment the unlabelled HCC-TACE series with ``weights_dir``'s cascade; one PNG and one row per series."""
     from LiverSegLib.training.mask_sources import list_unlabelled_series, read_unlabelled
@@ -182,6 +206,7 @@ def overview_rows(weights_dir: Path, series: list[str] | None, results: Path) ->
     if unknown:  # a typo would otherwise give an empty table that looks like a finished run
         print(f"unknown series (not in {shared / 'hcc_tace_unlabelled'}): {', '.join(sorted(unknown))}", flush=True)
     predictor = Predictor(fold_model(weights_dir, weights_dir.name), device="cpu")
+    seen = training_cases(weights_dir)
     rows = []
     for path in paths:
         ct = read_unlabelled(path)
@@ -195,7 +220,8 @@ def overview_rows(weights_dir: Path, series: list[str] | None, results: Path) ->
                      "spacing_xyz": [round(float(s), 3) for s in ct.spacing_xyz],
                      "liver_l": result.liver_volume_ml / 1000.0, "lesions": len(result.lesions),
                      "lesion_ml": result.lesion_volume_ml, "warnings": list(result.warnings),
-                     "seconds": round(seconds, 2)})
+                     "seconds": round(seconds, 2), "in_training": f"pseudo:{name}" in seen,
+                     "patient_in_training": any(c.startswith(f"pseudo:{_patient(name)}_") for c in seen)})
     return rows
 
 
@@ -317,12 +343,16 @@ def markdown(args: argparse.Namespace, loo: list[dict], base: list[dict], series
                *case_table(base, extra_col="seen in training"), ""]
     if series:
         md += [f"## Unlabelled series (HCC-TACE-Seg, no reference): model `{args.overviews}`", "",
-               "Overview PNGs: `overview_<series>.png` beside this file. No score is possible: check the pictures.", "",
-               "| series | shape zyx | spacing xyz mm | liver L | lesions | lesion ml | runtime s | warnings |",
-               "|---|---|---|---|---|---|---|---|"]
+               "Overview PNGs: `overview_<series>.png` beside this file. No score is possible: check the pictures. "
+               "\"pseudo-labelled in training\": the model's checkpoints list the series as a training case, so its "
+               "picture is not an unseen test.", "",
+               "| series | shape zyx | spacing xyz mm | liver L | lesions | lesion ml | runtime s | warnings | "
+               "seen in training |",
+               "|---|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['series']} | {'x'.join(map(str, r['shape_zyx']))} | {'x'.join(map(str, r['spacing_xyz']))} | "
                f"{r['liver_l']:.2f} | {r['lesions']} | {r['lesion_ml']:.1f} | {r['seconds']:.1f} | "
-               f"{_cell('; '.join(r['warnings']) or '-')} |" for r in series]
+               f"{_cell('; '.join(r['warnings']) or '-')} | "
+               f"{_seen(r)} |" for r in series]
         md.append("")
     return "\n".join(md)
 
