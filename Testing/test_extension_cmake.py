@@ -238,6 +238,9 @@ def test_cmake_globs_cover_the_model_catalogue_and_weights():
         needed.append(catalogue)
         for model in json.loads(catalogue.read_text())["models"]:
             needed += [ROOT / "Resources" / "weights" / stage["weights"] for stage in model["stages"].values()]
+            # the ONNX exports too: on the CPU the predictor runs them (OpenVINO) whenever the entry names one
+            needed += [ROOT / "Resources" / "weights" / stage["onnx"]["file"] for stage in model["stages"].values()
+                       if stage.get("onnx")]
             if model.get("model_card"):  # written relative to the repository root (= the install folder)
                 card = model["model_card"]
                 needed.append(ROOT / card if card.startswith("Resources/") else ROOT / "Resources" / card)
