@@ -117,3 +117,15 @@ def test_release_training_refuses_an_unknown_hard_negative_in_one_line(tmp_path)
     with pytest.raises(SystemExit, match=r"^error: unknown organ 'gall' \(known: "):
         main(["--out", str(tmp_path / "out"), "--extra-hard-negatives", "gall"])
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_hard_negative_weight_reaches_the_recipe_and_bad_values_are_refused(tmp_path):
+    from LiverSegLib.training.release_weights import main
+
+    assert release_weights.recipe("fine", 10, 1e-2, 0).section("loss")["hard_negative_weight"] == 2.0
+    assert release_weights.recipe("coarse", 10, 1e-2, 0).section("loss")["hard_negative_weight"] == 4.0
+    heavier = release_weights.recipe("fine", 10, 1e-2, 0, hard_negative_weight=6)
+    assert heavier.section("loss")["hard_negative_weight"] == 6.0
+    with pytest.raises(SystemExit, match=r"^error: --hard-negative-weight must be > 0, got 0.0$"):
+        main(["--out", str(tmp_path / "out"), "--hard-negative-weight", "0"])
+    assert not (tmp_path / "out").exists()

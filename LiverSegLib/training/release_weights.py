@@ -87,11 +87,13 @@ def cascade() -> CascadeConfig:
                          coarse_liver_weight=0.5, coarse_neck_mm=8.0, coarse_neck_min_ml=10.0)
 
 
-def recipe(role: str, steps: int, lr: float, seed: int, synth_lesions: dict[str, Any] | None = None) -> TrainConfig:
+def recipe(role: str, steps: int, lr: float, seed: int, synth_lesions: dict[str, Any] | None = None,
+           hard_negative_weight: float | None = None) -> TrainConfig:
     """Han's recipe (``Resources/configs/cascade_*.json``) scaled to CPU training on this data.
 
     ``synth_lesions`` overrides entries of :data:`SYNTH_LESIONS` for the fine stage; the coarse stage gets synthetic
-    lesions only when it is given (then :data:`SYNTH_LESIONS` with these entries).
+    lesions only when it is given (then :data:`SYNTH_LESIONS` with these entries). ``hard_negative_weight`` replaces
+    the stage's factor on hard-negative voxels (default: coarse 4, fine 2).
 
     Choices beyond Han (the paper trained 50 LiTS epochs on a GPU): narrow networks; SGD lr 1e-2 with a step decay
     x0.5 every quarter; the coarse loss weights background 0.4 / liver 1.0 (Han's 0.2 / 1.2 taught the old model to
@@ -110,6 +112,8 @@ def recipe(role: str, steps: int, lr: float, seed: int, synth_lesions: dict[str,
         sampler = {"kind": "slices", "batch": 8, "crop": 112, "liver_slices_only": True, "foreground_prob": 0.8,
                    "scale_range": [0.7, 1.4], "intensity_jitter": [0.2, 0.1], "flip": False}
         loss = {"name": "weighted_ce", "class_weights": [0.2, 1.2, 2.2], "hard_negative_weight": 2.0}
+    if hard_negative_weight is not None:
+        loss["hard_negative_weight"] = float(hard_negative_weight)
     d = stage_config_dict(stage)
     lesions = {**SYNTH_LESIONS, **(synth_lesions or {})} if role == "fine" or synth_lesions is not None else None
     raw = {**base, "name": f"han_liver_{role}", "stage": {**d, "batch_cpu": stage.batch_cpu,
@@ -309,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--extra-hard-negatives", nargs="*", default=[], metavar="ORGAN",
                    help="organs (training.organs names, e.g. gallbladder portal_vein) marked as hard negatives on top "
                         "of the default set, in every stage this run trains")
+    p.add_argument("--hard-negative-weight", type=float, default=None, metavar="W",
+                   help="loss factor on hard-negative voxels in every stage this run trains (default: coarse 4, "
+                        "fine 2)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default="cpu", help="where the networks train: cpu (default) or cuda[:N]; the samples "
                                                      "are always made on the CPU")
@@ -329,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         negatives = hard_negative_organs(args.extra_hard_negatives)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
+    if args.hard_negative_weight is not None and not args.hard_negative_weight > 0:
+        raise SystemExit(f"error: --hard-negative-weight must be > 0, got {args.hard_negative_weight}")
     if args.threads:
         torch.set_num_threads(args.threads)
     from LiverSegLib.pipeline.predictor import resolve_device
@@ -354,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         steps = args.coarse_steps if role == "coarse" else args.fine_steps
         cfg = recipe(role, steps, args.lr, args.seed,
-                     args.synth_lesions if role == "fine" else args.coarse_synth_lesions)
+                     args.synth_lesions if role == "fine" else args.coarse_synth_lesions, args.hard_negative_weight)
         cases = real_cases(cfg.stage, args.leave_out, negative_organs=negatives)
         real_weight = sum(c.weight for c in cases)
         cases += pool_cases(pool / ("coarse" if role == "coarse" else "native"), cfg.stage, args.leave_out,
