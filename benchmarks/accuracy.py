@@ -178,11 +178,6 @@ def training_cases(weights_dir: Path) -> set[str]:
     return names
 
 
-def _patient(series: str) -> str:
-    """``HCC_009`` of ``HCC_009_s103``."""
-    return series.rsplit("_s", 1)[0]
-
-
 def _seen(row: dict[str, Any]) -> str:
     if row.get("in_training"):
         return "pseudo-labelled in training"
@@ -192,6 +187,7 @@ def _seen(row: dict[str, Any]) -> str:
 def overview_rows(weights_dir: Path, series: list[str] | None, results: Path) -> list[dict[str, Any]]:
     """Segment the unlabelled HCC-TACE series with ``weights_dir``'s cascade; one PNG and one row per series."""
     from LiverSegLib.training.mask_sources import list_unlabelled_series, read_unlabelled
+    from LiverSegLib.training.pseudo_labels import patient_of
 
     shared = shared_data_dir()
     if shared is None:
@@ -221,7 +217,7 @@ def overview_rows(weights_dir: Path, series: list[str] | None, results: Path) ->
                      "liver_l": result.liver_volume_ml / 1000.0, "lesions": len(result.lesions),
                      "lesion_ml": result.lesion_volume_ml, "warnings": list(result.warnings),
                      "seconds": round(seconds, 2), "in_training": f"pseudo:{name}" in seen,
-                     "patient_in_training": any(c.startswith(f"pseudo:{_patient(name)}_") for c in seen)})
+                     "patient_in_training": any(c.startswith(f"pseudo:{patient_of(name)}_") for c in seen)})
     return rows
 
 

@@ -43,7 +43,7 @@ from LiverSegLib.training.organs import HARD_NEGATIVE_LABEL, IGNORE_LABEL
 from LiverSegLib.types import Volume
 
 __all__ = ["consensus_label", "teacher_masks", "write_pseudo_label", "check_teachers", "load_records", "pseudo_cases",
-           "main"]
+           "patient_of", "main"]
 
 
 def consensus_label(livers: list[np.ndarray], cut_off: list[np.ndarray], spacing_zyx: tuple[float, float, float],
@@ -160,6 +160,11 @@ def load_records(pseudo_dir: Path, leave_out: str | None = None, exclude: list[s
     return records
 
 
+def patient_of(series: str) -> str:
+    """The patient of an HCC-TACE-Seg series name: ``HCC_009`` of ``HCC_009_s103``."""
+    return series.rsplit("_s", 1)[0]
+
+
 def pseudo_cases(pseudo_dir: Path, stage, patient_weight: float = 2.0, leave_out: str | None = None,
                  exclude: list[str] | tuple[str, ...] = ()) -> list:
     """The pseudo-labelled series of ``pseudo_dir`` on ``stage``'s grid (:class:`~LiverSegLib.training.cases.
@@ -170,7 +175,7 @@ def pseudo_cases(pseudo_dir: Path, stage, patient_weight: float = 2.0, leave_out
     from LiverSegLib.training.cases import prepare_case
 
     records = load_records(pseudo_dir, leave_out, exclude)
-    patients = [r["series"].rsplit("_s", 1)[0] for r in records]
+    patients = [patient_of(r["series"]) for r in records]
     out = []
     for r, patient in zip(records, patients, strict=True):
         ct = read_volume(r["ct"])
